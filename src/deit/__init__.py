@@ -1,0 +1,24 @@
+"""DeiT: data-efficient image transformers and distillation through attention."""
+
+from .models import (
+    COMBINE_RULES,
+    DeiTOutput,
+    ResNetConfig,
+    SmallResNet,
+    ViTConfig,
+    VisionTransformer,
+    count_parameters,
+    create_model,
+    list_models,
+)
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # Checkpoint helpers import lazily so `import deit` stays light.
+    if name in ("load_checkpoint", "resample_pos_embed", "save_run_weights"):
+        from . import checkpoint
+
+        return getattr(checkpoint, name)
+    raise AttributeError(f"module 'deit' has no attribute {name!r}")

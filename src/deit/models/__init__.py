@@ -1,0 +1,3 @@
+from .cnn import ResNetConfig, SmallResNet
+from .registry import create_model, list_models, model_config, model_family, model_from_spec, model_spec, register_model
+from .vit import COMBINE_RULES, DeiTOutput, ViTConfig, VisionTransformer, combine_heads, count_parameters
