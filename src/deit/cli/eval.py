@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a run directory on its validation data")
+    p.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a run directory of `deit train`")
+    p.add_argument("--data", default=None, help="data set (default: the run's)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--weights", default="model", choices=["model", "best", "ema"])
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    p.add_argument("--teacher", default=None, help="also evaluate a teacher and the disagreement rates")
+    p.add_argument("--teacher-weights", default=None)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from deit.train import evaluate_run
+
+    metrics = evaluate_run(args.checkpoint, data=args.data, data_dir=args.data_dir, weights=args.weights,
+                           batch_size=args.batch_size, device=args.device, precision=args.precision,
+                           teacher=args.teacher, teacher_weights=args.teacher_weights, progress=not args.json)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        for k, v in metrics.items():
+            print(f"{k:28s} {v:.4f}" if isinstance(v, float) else f"{k:28s} {v}")
+    return 0

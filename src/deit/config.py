@@ -1,0 +1,143 @@
+"""The run configuration: one frozen dataclass, the single source of truth for a training run.
+
+Defaults are the paper's Table 9 recipe (ImageNet, DeiT-B); presets override them for small data.
+The CLI builds its flags from these fields, and the run directory stores them as config.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+def _f(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # model
+    model: str = _f("deit_micro_distilled_patch4_28", "registered model name (`deit models`)")
+    drop_path: Optional[float] = _f(0.1, "stochastic depth rate (linear rule); None keeps the model's")
+    combine: str = _f("mean_logits", "how a distilled model combines its heads: mean_logits|mean_softmax|cls|dist")
+    # data
+    data: str = _f("fashion-mnist", "fashion-mnist | cifar10 | cifar100 | imagefolder:PATH")
+    data_dir: Optional[str] = _f(None, "where the data set lies (default: its standard location)")
+    img_size: Optional[int] = _f(None, "resize images to this size (required for imagefolder)")
+    train_subset: Optional[float] = _f(None, "train on a stratified subset: a count (>1) or a fraction (<=1)")
+    num_workers: int = _f(0, "data worker processes (0: build batches in the training process)")
+    # optimisation (Table 9)
+    epochs: int = _f(300, "training epochs")
+    batch_size: int = _f(1024, "global batch size")
+    lr: float = _f(5e-4, "base learning rate for batch 512 (scaled by batch_size / 512)")
+    min_lr: float = _f(1e-5, "final learning rate of the cosine schedule")
+    warmup_lr: float = _f(1e-6, "learning rate at step 0 of the warm-up")
+    warmup_epochs: float = _f(5, "linear warm-up length in epochs (stepped per iteration)")
+    weight_decay: float = _f(0.05, "AdamW weight decay (none on norms, biases, pos_embed, cls_token)")
+    opt_eps: float = _f(1e-8, "AdamW epsilon")
+    clip_grad: Optional[float] = _f(None, "clip the gradient norm to this value")
+    # regularisation and augmentation (Table 9)
+    smoothing: float = _f(0.1, "label smoothing")
+    mixup: float = _f(0.8, "Mixup alpha (0 disables)")
+    cutmix: float = _f(1.0, "CutMix alpha (0 disables)")
+    mixup_prob: float = _f(1.0, "probability of applying Mixup or CutMix to a batch")
+    mixup_switch_prob: float = _f(0.5, "probability of CutMix instead of Mixup when both are on")
+    crop: str = _f("rrc", "train crop: rrc (random-resized, bicubic) | pad (pad-and-crop) | none")
+    rrc_scale_min: float = _f(0.08, "lower scale bound of the random-resized crop")
+    hflip: float = _f(0.5, "horizontal flip probability")
+    randaugment: Optional[str] = _f("rand-m9-mstd0.5-inc1", "timm RandAugment string; None disables")
+    reprob: float = _f(0.25, "random erasing probability (pixel mode)")
+    repeats: int = _f(3, "repeated augmentation: each image this many times per epoch (1 disables)")
+    ema: bool = _f(False, "keep and evaluate an EMA of the weights")
+    ema_decay: float = _f(0.99996, "EMA decay per step")
+    # distillation
+    teacher: Optional[str] = _f(None, "teacher: a run directory of this project, or an architecture "
+                                      "name (torchvision/timm/ours) with --teacher-weights")
+    teacher_weights: Optional[str] = _f(None, "weights file for an architecture-name teacher")
+    distillation: str = _f("none", "distillation type: none | soft | hard")
+    alpha: float = _f(0.5, "weight of the distillation loss: (1-alpha)*base + alpha*distill")
+    tau: float = _f(1.0, "soft distillation temperature")
+    kl_reduction: str = _f("official", "soft KL normalisation: official (sum/numel) | batchmean")
+    # execution
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    precision: str = _f("auto", "auto (bf16 where supported) | bf16 | fp16 (CUDA) | fp32")
+    seed: int = _f(0, "random seed")
+    deterministic: bool = _f(False, "deterministic algorithms (bitwise-reproducible runs)")
+    threads: Optional[int] = _f(None, "CPU threads for torch (default: torch's choice)")
+    eval_every: int = _f(1, "evaluate every N epochs (and always at the end)")
+    eval_batch_size: int = _f(512, "evaluation batch size")
+    save_every_minutes: float = _f(5.0, "also save the training state mid-epoch this often")
+    output: Optional[str] = _f(None, "run directory (default runs/<model>-<time>)")
+    progress: bool = _f(True, "show progress bars")
+
+    def __post_init__(self):
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 2, f"batch_size must be >= 2, got {self.batch_size}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.repeats >= 1, f"repeats must be >= 1, got {self.repeats}"),
+            (0 <= self.smoothing < 1, f"smoothing must be in [0, 1), got {self.smoothing}"),
+            (0 <= self.reprob <= 1, f"reprob must be in [0, 1], got {self.reprob}"),
+            (self.crop in ("rrc", "pad", "none"), f"crop must be rrc, pad or none, got {self.crop!r}"),
+            (self.distillation in ("none", "soft", "hard"),
+             f"distillation must be none, soft or hard, got {self.distillation!r}"),
+            (self.distillation == "none" or self.teacher,
+             f"--distillation {self.distillation} needs a --teacher"),
+            (self.precision in ("auto", "bf16", "fp16", "fp32"),
+             f"precision must be auto, bf16, fp16 or fp32, got {self.precision!r}"),
+            (self.train_subset is None or self.train_subset > 0, "train_subset must be > 0"),
+            (not (self.mixup > 0 or self.cutmix > 0) or self.batch_size % 2 == 0,
+             "Mixup/CutMix need an even batch_size"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def mixing(self) -> bool:
+        return (self.mixup > 0 or self.cutmix > 0) and self.mixup_prob > 0
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown training option(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, path) -> "TrainConfig":
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+
+# Presets: recipe changes for a setting, applied over the Table 9 defaults and under explicit flags.
+PRESETS: dict[str, dict[str, Any]] = {
+    "deit": {},  # the paper's Table 9 recipe
+    # Fashion-MNIST on a 2-core CPU: short schedule, light augmentation (28 px grayscale, little data).
+    "fmnist-cpu": dict(
+        epochs=12, batch_size=128, lr=1e-3, min_lr=1e-5, warmup_epochs=1, weight_decay=0.05,
+        smoothing=0.1, mixup=0.0, cutmix=0.0, crop="pad", hflip=0.5, randaugment=None, reprob=0.25,
+        repeats=1, drop_path=0.05,
+    ),
+    # The CNN teacher on 28-32 px images.
+    "cnn-small": dict(
+        model="resnet14_small", epochs=12, batch_size=128, lr=2e-3, min_lr=1e-5, warmup_epochs=1,
+        weight_decay=0.05, smoothing=0.1, mixup=0.0, cutmix=0.0, crop="pad", hflip=0.5,
+        randaugment=None, reprob=0.25, repeats=1, drop_path=None,
+    ),
+}
+
+
+def preset_config(name: str, **overrides) -> TrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return TrainConfig(**{**PRESETS[name], **overrides})

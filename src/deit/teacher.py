@@ -1,0 +1,76 @@
+"""Teachers for distillation: a run directory of this project, or an architecture name + local weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class LogitsOnly(nn.Module):
+    """Wraps any classifier so that it returns a plain logits tensor."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        return out.logits if hasattr(out, "logits") else out
+
+
+def _build_architecture(name: str, num_classes: int, in_chans: int) -> nn.Module:
+    from .models import list_models, create_model
+
+    if name in list_models():
+        return create_model(name, num_classes=num_classes, in_chans=in_chans)
+    import timm
+
+    if name in timm.list_models():
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+    import torchvision
+
+    if name in torchvision.models.list_models():
+        if in_chans != 3:
+            raise ValueError(f"torchvision's {name} takes 3-channel images; the data has {in_chans}. "
+                             "Use a timm or deit architecture, or RGB data")
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    raise ValueError(f"teacher {name!r} is neither a run directory nor a known architecture "
+                     "(deit, timm or torchvision name)")
+
+
+def load_teacher(spec: str, weights: str | None, *, num_classes: int, in_chans: int,
+                 img_size: tuple[int, int]) -> tuple[nn.Module, dict]:
+    """Build the teacher in eval mode, frozen. Refuses one that does not fit the data, before any training."""
+    from .checkpoint import load_checkpoint
+
+    path = Path(spec)
+    if path.is_dir():
+        if weights is not None:
+            raise ValueError("--teacher-weights is only for an architecture-name teacher; "
+                             f"{spec} is a run directory that carries its weights")
+        result = load_checkpoint(path)
+        model, info = result.model, {"teacher": str(path), "format": result.format}
+    else:
+        if weights is None:
+            raise ValueError(f"teacher {spec!r} is not a run directory; give its weights with --teacher-weights FILE "
+                             "(nothing is downloaded)")
+        model = _build_architecture(spec, num_classes, in_chans)
+        result = load_checkpoint(weights, model)
+        info = {"teacher": spec, "teacher_weights": str(weights), "format": result.format}
+    teacher = LogitsOnly(model).eval().requires_grad_(False)
+    config = getattr(model, "config", None)
+    if config is not None:  # our models say what they take: check before running anything
+        if config.num_classes != num_classes:
+            raise ValueError(f"teacher predicts {config.num_classes} classes but the data has {num_classes}")
+        if config.in_chans != in_chans:
+            raise ValueError(f"teacher takes {config.in_chans}-channel images but the data has {in_chans}")
+    with torch.no_grad():
+        try:
+            out = teacher(torch.zeros(2, in_chans, *img_size))
+        except Exception as e:
+            raise ValueError(f"teacher cannot take the data's {in_chans}x{img_size[0]}x{img_size[1]} images: {e}") from None
+    if out.shape != (2, num_classes):
+        raise ValueError(f"teacher outputs shape {tuple(out.shape[1:])} per image but the data has {num_classes} classes")
+    return teacher, info
