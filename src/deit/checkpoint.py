@@ -1,0 +1,534 @@
+"""Model weights in and out: our run directories, official DeiT .pth files, timm state dicts and Hugging Face
+transformers DeiT/ViT checkpoints, all read into one key layout (official = timm = ours).
+
+Nothing here unpickles arbitrary objects: safetensors files carry no code, and torch files are read with
+`weights_only=True`, any other pickled Python object (the argparse.Namespace of official checkpoints) being
+replaced by an inert stand-in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from .models import (
+    ViTConfig,
+    VisionTransformer,
+    create_model,
+    list_models,
+    model_config,
+    model_family,
+    model_from_spec,
+    model_spec,
+)
+from .models.vit import to_2tuple
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+HF_WEIGHTS_NAMES = ("model.safetensors", "pytorch_model.bin")
+FORMATS = ("deit", "official", "timm", "hf")
+LAYOUTS = ("deit", "hf")
+
+
+@dataclass
+class LoadResult:
+    model: nn.Module
+    format: str
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # (key, checkpoint, model shape)
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+def _atomic_write(path: Path, write) -> None:
+    """write(tmp_path) then rename over `path`: readers never see a half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def _write_safetensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain model inside DistributedDataParallel / torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def registered_name(model: nn.Module) -> str | None:
+    """The registered name whose config equals the model's, if any."""
+    config = getattr(unwrap_model(model), "config", None)
+    return next((n for n in list_models() if model_config(n) == config), None)
+
+
+def save_model(model: nn.Module, run_dir, *, name: str | None = None, filename: str = WEIGHTS_NAME) -> Path:
+    """Write the weights to run_dir/filename (safetensors) and, unless the run already has one, a config.json
+    whose "model" entry rebuilds the architecture. Returns the weights path."""
+    model = unwrap_model(model)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / filename
+    _write_safetensors(path, model.state_dict(), {"format": "deit"})
+    if not (run_dir / CONFIG_NAME).exists():  # the training code may already have written a fuller one
+        _write_json(run_dir / CONFIG_NAME, {"model": model_spec(model, name or registered_name(model))})
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+class _StandIn:
+    """Takes the place of any pickled Python object in a torch file: nothing is imported, nothing is run."""
+
+    def __new__(cls, *args, **kwargs):
+        return super().__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:200]
+
+
+def _torch_load(file: Path) -> Any:
+    stand_ins: list[str] = []
+    while True:
+        try:
+            with torch.serialization.safe_globals([(_StandIn, name) for name in stand_ins]):
+                return torch.load(file, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            found = re.search(r"GLOBAL (\S+) was not an allowed global", str(e))
+            if not found or found.group(1) in stand_ins:
+                raise ValueError(f"{file} is not a readable checkpoint: {_first_line(e)}") from None
+            stand_ins.append(found.group(1))
+        except Exception as e:  # truncated zip, garbage after a pickle header, ...
+            raise ValueError(f"{file} is not a readable checkpoint: {_first_line(e)}") from None
+
+
+def _read_safetensors(file: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+    except Exception as e:
+        raise ValueError(f"{file} is not a readable checkpoint: {_first_line(e)}") from None
+
+
+def _is_safetensors(head: bytes) -> bool:
+    # 8-byte little-endian header length, then the JSON header.
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 0
+
+
+def _read_weights_file(file: Path) -> tuple[dict[str, Tensor], str | None]:
+    """(state dict as stored, format if the file itself says so)."""
+    with open(file, "rb") as f:
+        head = f.read(9)
+    if _is_safetensors(head):
+        state_dict, metadata = _read_safetensors(file)
+        return state_dict, "deit" if metadata.get("format") == "deit" else None
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch zip archive / legacy pickle
+        raise ValueError(f"{file} is not a checkpoint: neither a safetensors nor a torch file")
+    obj = _torch_load(file)
+    fmt = None
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj, fmt = obj["model"], "official"  # {'model': ..., 'optimizer': ..., 'args': Namespace, ...}
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not (isinstance(obj, dict) and obj and all(isinstance(v, Tensor) for v in obj.values())):
+        raise ValueError(f"{file} holds no model state dict (found {type(obj).__name__})")
+    return obj, fmt
+
+
+def _strip_wrapper_prefixes(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    for prefix in ("module.", "_orig_mod."):  # saved from DDP / torch.compile wrappers
+        if state_dict and all(k.startswith(prefix) for k in state_dict):
+            state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def _is_hf(state_dict: dict) -> bool:
+    return any(k.startswith(("deit.embeddings.", "vit.embeddings.")) for k in state_dict)
+
+
+def _read_json(file: Path) -> dict:
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{file} is not readable JSON: {_first_line(e)}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{file} does not hold a JSON object")
+    return data
+
+
+def _weights_file(path: Path) -> Path:
+    """The weights file a path names: the path itself, or the weights inside a run / HF directory."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if not path.is_dir():
+        return path
+    for name in HF_WEIGHTS_NAMES:  # ours is model.safetensors too
+        if (path / name).is_file():
+            return path / name
+    raise ValueError(f"{path} holds no weights: expected {' or '.join(HF_WEIGHTS_NAMES)}")
+
+
+def load_state_dict(path) -> tuple[dict[str, Tensor], str]:
+    """Read any supported checkpoint; returns (state dict in our key layout, format in FORMATS)."""
+    state_dict, fmt = _read_weights_file(_weights_file(Path(path)))
+    state_dict = _strip_wrapper_prefixes(state_dict)
+    if _is_hf(state_dict):
+        return hf_to_deit(state_dict), "hf"
+    return state_dict, fmt or "timm"
+
+
+# ------------------------------------------------------------------------------------- Hugging Face layout
+
+# Per-layer names: HF v4 checkpoint spelling and the transformers-5 in-memory spelling -> ours.
+_HF_LAYER = {
+    "layernorm_before": "norm1",
+    "layernorm_after": "norm2",
+    "attention.output.dense": "attn.proj",
+    "attention.o_proj": "attn.proj",
+    "intermediate.dense": "mlp.fc1",
+    "mlp.fc1": "mlp.fc1",
+    "output.dense": "mlp.fc2",
+    "mlp.fc2": "mlp.fc2",
+}
+_HF_QKV = {  # -> row block of our merged qkv
+    "attention.attention.query": 0, "attention.attention.key": 1, "attention.attention.value": 2,
+    "attention.q_proj": 0, "attention.k_proj": 1, "attention.v_proj": 2,
+}
+_HF_TOP = {  # after the "deit." / "vit." prefix
+    "embeddings.cls_token": "cls_token",
+    "embeddings.distillation_token": "dist_token",
+    "embeddings.position_embeddings": "pos_embed",
+    "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+    "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+    "layernorm.weight": "norm.weight",
+    "layernorm.bias": "norm.bias",
+}
+_HF_HEADS = {"cls_classifier": "head", "distillation_classifier": "head_dist", "classifier": "head"}
+_HF_LAYER_KEY = re.compile(r"(?:deit|vit)\.(?:encoder\.layer|layers)\.(\d+)\.(.+)\.(weight|bias)")
+_OUR_LAYER_KEY = re.compile(r"blocks\.(\d+)\.(.+)\.(weight|bias)")
+_OUR_LAYER_TO_HF = {  # -> HF v4 spelling, the one checkpoints on the Hub use
+    "norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.output.dense",
+    "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense",
+}
+
+
+def hf_to_deit(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """HF DeiT/ViT keys (v4 or transformers-5 spelling) -> ours. Keys without an equivalent (pooler, mask
+    token) are kept as they are, so that loading reports them."""
+    out: dict[str, Tensor] = {}
+    qkv: dict[tuple[str, str], list] = {}
+    for key, tensor in state_dict.items():
+        layer = _HF_LAYER_KEY.fullmatch(key)
+        module, _, kind = key.rpartition(".")
+        if layer:
+            i, part, kind = layer.groups()
+            if part in _HF_QKV:
+                qkv.setdefault((i, kind), [None] * 3)[_HF_QKV[part]] = tensor
+                continue
+            if part in _HF_LAYER:
+                out[f"blocks.{i}.{_HF_LAYER[part]}.{kind}"] = tensor
+                continue
+        elif key.startswith(("deit.", "vit.")) and key.split(".", 1)[1] in _HF_TOP:
+            out[_HF_TOP[key.split(".", 1)[1]]] = tensor
+            continue
+        elif module in _HF_HEADS:
+            out[f"{_HF_HEADS[module]}.{kind}"] = tensor
+            continue
+        out[key] = tensor
+    for (i, kind), parts in qkv.items():
+        if any(p is None for p in parts):
+            raise ValueError(f"Hugging Face checkpoint layer {i} lacks one of query/key/value {kind}")
+        out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat(parts)
+    if "dist_token" in out and "head.weight" in out and "head_dist.weight" not in out:
+        # DeiTForImageClassification: a distillation token but only the class-token classifier. The copy
+        # makes a complete distilled model; with combine="cls" its output equals HF's.
+        out["head_dist.weight"] = out["head.weight"].clone()
+        if "head.bias" in out:
+            out["head_dist.bias"] = out["head.bias"].clone()
+    return out
+
+
+def deit_to_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Ours -> HF v4 checkpoint layout: DeiTForImageClassificationWithTeacher ("deit." prefix) for a distilled
+    model, ViTForImageClassification ("vit.") otherwise, as the official non-distilled models are published."""
+    distilled = "dist_token" in state_dict
+    prefix = "deit" if distilled else "vit"
+    heads = {"head": "cls_classifier", "head_dist": "distillation_classifier"} if distilled else {"head": "classifier"}
+    top = {ours: f"{prefix}.{hf}" for hf, ours in _HF_TOP.items()}
+    out: dict[str, Tensor] = {}
+    for key, tensor in state_dict.items():
+        layer = _OUR_LAYER_KEY.fullmatch(key)
+        module, _, kind = key.rpartition(".")
+        if layer:
+            i, part, kind = layer.groups()
+            hf_layer = f"{prefix}.encoder.layer.{i}."
+            if part == "attn.qkv":
+                for name, chunk in zip(("query", "key", "value"), tensor.chunk(3)):
+                    out[f"{hf_layer}attention.attention.{name}.{kind}"] = chunk.clone()  # no shared storage
+                continue
+            if part in _OUR_LAYER_TO_HF:
+                out[f"{hf_layer}{_OUR_LAYER_TO_HF[part]}.{kind}"] = tensor
+                continue
+        elif key in top:
+            out[top[key]] = tensor
+            continue
+        elif module in heads:
+            out[f"{heads[module]}.{kind}"] = tensor
+            continue
+        raise ValueError(f"{key} has no Hugging Face DeiT equivalent")
+    return out
+
+
+def hf_config(model_config: ViTConfig) -> dict:
+    """config.json of the HF model deit_to_hf's weights fit (layer_norm_eps 1e-6, as the models were trained)."""
+    c = model_config
+    num_classes = c.num_classes
+    h, w = c.img_size
+    config = {
+        "architectures": ["DeiTForImageClassificationWithTeacher" if c.distilled else "ViTForImageClassification"],
+        "model_type": "deit" if c.distilled else "vit",
+        "hidden_size": c.embed_dim,
+        "num_hidden_layers": c.depth,
+        "num_attention_heads": c.num_heads,
+        "intermediate_size": int(c.embed_dim * c.mlp_ratio),
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "initializer_range": 0.02,
+        "layer_norm_eps": 1e-6,
+        "image_size": h if h == w else [h, w],
+        "patch_size": c.patch_size,
+        "num_channels": c.in_chans,
+        "qkv_bias": c.qkv_bias,
+        "encoder_stride": c.patch_size,
+        "id2label": {str(i): f"LABEL_{i}" for i in range(num_classes)},
+        "label2id": {f"LABEL_{i}": i for i in range(num_classes)},
+    }
+    return config
+
+
+def vit_config_from_hf(hf: dict) -> ViTConfig:
+    """Our config for an HF DeiT/ViT config.json (the inverse of hf_config)."""
+    model_type = hf.get("model_type")
+    if model_type not in ("deit", "vit"):
+        raise ValueError(f"Hugging Face model_type {model_type!r} is not a DeiT/ViT; expected 'deit' or 'vit'")
+    if hf.get("hidden_act", "gelu") != "gelu":
+        raise ValueError(f"Hugging Face hidden_act {hf['hidden_act']!r} is not supported (only 'gelu')")
+    if hf.get("layer_norm_eps", 1e-12) != 1e-6:
+        log.info("HF config has layer_norm_eps %s; this model uses 1e-6 as DeiT was trained (logits differ by ~1e-4)",
+                 hf.get("layer_norm_eps", 1e-12))
+    patch = to_2tuple(hf.get("patch_size", 16))
+    if patch[0] != patch[1]:
+        raise ValueError(f"non-square patches {patch} are not supported")
+    architecture = (hf.get("architectures") or [""])[0]
+    hidden = hf.get("hidden_size", 768)
+    return ViTConfig(
+        img_size=to_2tuple(hf.get("image_size", 224)),
+        patch_size=patch[0],
+        in_chans=hf.get("num_channels", 3),
+        num_classes=len(hf["id2label"]) if "id2label" in hf else hf.get("num_labels", 2),
+        embed_dim=hidden,
+        depth=hf.get("num_hidden_layers", 12),
+        num_heads=hf.get("num_attention_heads", 12),
+        mlp_ratio=hf.get("intermediate_size", 4 * hidden) / hidden,
+        qkv_bias=hf.get("qkv_bias", True),
+        distilled=model_type == "deit",
+        # DeiTForImageClassification predicts from the class token alone (see hf_to_deit).
+        combine="cls" if architecture == "DeiTForImageClassification" else "mean_logits",
+    )
+
+
+# ------------------------------------------------------------------------------------------ architecture
+
+
+def infer_vit_config(state_dict: dict[str, Tensor], source: str = "checkpoint") -> ViTConfig:
+    """The ViT a bare state dict fits: sizes from the shapes, the head count (not visible in shapes) from the
+    registered model of the same width, depth and patch size."""
+    try:
+        width = state_dict["cls_token"].shape[-1]
+        proj = state_dict["patch_embed.proj.weight"]  # (D, C, p, p)
+        pos_rows = state_dict["pos_embed"].shape[-2]
+        depth = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("blocks."))
+        mlp_ratio = state_dict["blocks.0.mlp.fc1.weight"].shape[0] / width
+    except (KeyError, ValueError, IndexError):
+        raise ValueError(f"cannot tell the architecture of {source}: not a ViT/DeiT state dict; "
+                         "name the model (--model NAME)") from None
+    distilled = "dist_token" in state_dict
+    side = math.isqrt(pos_rows - (2 if distilled else 1))
+    patch = proj.shape[-1]
+    for name in sorted(list_models(), key=lambda n: ("distilled" in n) != distilled):  # same kind first
+        if model_family(name) != "vit":
+            continue
+        c = model_config(name)
+        if (c.embed_dim, c.depth, c.patch_size, c.mlp_ratio) == (width, depth, patch, mlp_ratio):
+            return ViTConfig(**{
+                **c.to_dict(),
+                "img_size": side * patch,
+                "in_chans": proj.shape[1],
+                "num_classes": state_dict["head.weight"].shape[0] if "head.weight" in state_dict else 0,
+                "qkv_bias": "blocks.0.attn.qkv.bias" in state_dict,
+                "distilled": distilled,
+            })
+    raise ValueError(f"cannot tell the architecture of {source}: no registered model has width {width}, "
+                     f"depth {depth}, patch {patch}; name the model (--model NAME)")
+
+
+def _model_described_by(path: Path, state_dict: dict[str, Tensor]) -> nn.Module:
+    """Build the model a checkpoint describes: our run config.json, an HF config.json, or its shapes."""
+    config_file = path / CONFIG_NAME if path.is_dir() else path.with_name(CONFIG_NAME)
+    # A config.json beside a file counts only for the standard weights file of that directory.
+    if config_file.is_file() and (path.is_dir() or path.name in HF_WEIGHTS_NAMES):
+        config = _read_json(config_file)
+        if "model" in config:
+            return model_from_spec(config["model"])
+        if "model_type" in config:
+            return VisionTransformer(vit_config_from_hf(config))
+    return VisionTransformer(infer_vit_config(state_dict, str(path)))
+
+
+def _preview(names: list[str], limit: int = 4) -> str:
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+
+
+def _misfit_message(label: str, path, missing, unexpected, mismatched) -> str:
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} keys ({_preview(missing)})")
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)} keys ({_preview(unexpected)})")
+    if mismatched:
+        shapes = [f"{k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in mismatched]
+        parts.append(f"{len(mismatched)} shape mismatches ({_preview(shapes, 3)})")
+    return f"checkpoint does not fit {label}: {', '.join(parts)} [{path}]"
+
+
+def _fit_pos_embed(state_dict: dict[str, Tensor], model: VisionTransformer) -> dict[str, Tensor]:
+    """Resample a square pos_embed grid to the model's grid (same prefix tokens and width)."""
+    ckpt, target = state_dict.get("pos_embed"), model.pos_embed
+    prefix = model.config.num_prefix_tokens
+    if ckpt is None or ckpt.shape == target.shape or ckpt.ndim != 3 or ckpt.shape[-1] != target.shape[-1]:
+        return state_dict
+    side = math.isqrt(ckpt.shape[1] - prefix)
+    if side * side != ckpt.shape[1] - prefix:
+        return state_dict  # not a square grid after our prefix: reported as a mismatch
+    log.info("resampling pos_embed from a %dx%d to a %dx%d patch grid", side, side, *model.config.grid_size)
+    resampled = resample_pos_embed(ckpt, model.config.grid_size, prefix, (side, side))
+    return {**state_dict, "pos_embed": resampled}
+
+
+def load_checkpoint(path, model: nn.Module | str | None = None, *, strict: bool = True,
+                    resample_pos_embed: bool = True) -> LoadResult:
+    """Load any supported checkpoint into `model` (a module, a registered name, or None to build the model the
+    checkpoint describes). strict: raise one ValueError naming every missing, unexpected or misshapen key;
+    otherwise load what fits and report the rest in the result."""
+    path = Path(path)
+    state_dict, fmt = load_state_dict(path)
+    if model is None:
+        model = _model_described_by(path, state_dict)
+    elif isinstance(model, str):
+        model = create_model(model)
+    label = registered_name(model) or type(unwrap_model(model)).__name__
+    target = unwrap_model(model)
+    if resample_pos_embed and isinstance(target, VisionTransformer):
+        state_dict = _fit_pos_embed(state_dict, target)
+    expected = target.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [(k, tuple(state_dict[k].shape), tuple(v.shape))
+                  for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
+    if strict and (missing or unexpected or mismatched):
+        raise ValueError(_misfit_message(label, path, missing, unexpected, mismatched))
+    fitting = {k: v for k, v in state_dict.items() if k in expected and v.shape == expected[k].shape}
+    target.load_state_dict(fitting, strict=False)
+    return LoadResult(model, fmt, missing, unexpected, mismatched)
+
+
+# -------------------------------------------------------------------------------------------- resampling
+
+
+def resample_pos_embed(pos_embed: Tensor, new_grid, num_prefix_tokens: int, old_grid=None,
+                       antialias: bool = False) -> Tensor:
+    """pos_embed (B, prefix + H*W, D) for a new patch grid: prefix rows kept, the grid interpolated bicubically
+    with align_corners=False as the official fine-tuning code (bilinear would shrink the vectors' norm)."""
+    new_grid = to_2tuple(new_grid)
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    rows, dim = grid.shape[1], grid.shape[2]
+    if old_grid is None:
+        side = math.isqrt(rows)
+        if side * side != rows:
+            raise ValueError(f"pos_embed has {rows} patch rows, not a square grid: pass old_grid")
+        old_grid = (side, side)
+    old_grid = to_2tuple(old_grid)
+    if old_grid[0] * old_grid[1] != rows:
+        raise ValueError(f"old_grid {old_grid} does not match the {rows} patch rows of pos_embed")
+    if old_grid == new_grid:
+        return pos_embed
+    grid = grid.reshape(-1, *old_grid, dim).permute(0, 3, 1, 2).float()  # bicubic needs float on CPU
+    grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False, antialias=antialias)
+    grid = grid.permute(0, 2, 3, 1).flatten(1, 2).to(pos_embed.dtype)
+    return torch.cat([prefix, grid], dim=1)
+
+
+# -------------------------------------------------------------------------------------------- conversion
+
+
+def convert_checkpoint(src, dst, *, layout: str = "deit", model: str | None = None) -> Path:
+    """Read any supported checkpoint and write it to a new directory `dst`: layout "deit" (our run layout:
+    model.safetensors + config.json) or "hf" (an HF transformers directory in the v4 key layout).
+    model: a registered name, needed when src carries no architecture and its shapes do not tell it."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    dst = Path(dst)
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise ValueError(f"{dst} exists and is not an empty directory; choose a new destination")
+    result = load_checkpoint(src, model)
+    net = unwrap_model(result.model)
+    if layout == "deit":
+        save_model(net, dst, name=model or registered_name(net))
+        return dst
+    if not isinstance(net, VisionTransformer):
+        raise ValueError(f"only ViT/DeiT models have a Hugging Face layout, not {type(net).__name__}")
+    if net.config.distilled and net.config.combine != "mean_logits":
+        log.info("the HF model averages the two heads' logits; combine=%r is not kept", net.config.combine)
+    dst.mkdir(parents=True, exist_ok=True)
+    _write_safetensors(dst / "model.safetensors", deit_to_hf(net.state_dict()), {"format": "pt"})
+    _write_json(dst / CONFIG_NAME, hf_config(net.config))
+    return dst
