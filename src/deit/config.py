@@ -62,7 +62,7 @@ class TrainConfig:
     kl_reduction: str = _f("official", "soft KL normalisation: official (sum/numel) | batchmean")
     # execution
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
-    precision: str = _f("auto", "auto (bf16 where supported) | bf16 | fp16 (CUDA) | fp32")
+    precision: str = _f("auto", "auto (bf16 on CUDA and AMX CPUs, else fp32/fp16) | bf16 | fp16 (CUDA) | fp32")
     seed: int = _f(0, "random seed")
     deterministic: bool = _f(False, "deterministic algorithms (bitwise-reproducible runs)")
     threads: Optional[int] = _f(None, "CPU threads for torch (default: torch's choice)")

@@ -36,17 +36,20 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def cpu_supports_bf16() -> bool:
-    return bool(getattr(torch.backends, "mkldnn", None) and torch.backends.mkldnn.is_available()
-                and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+def cpu_has_fast_bf16() -> bool:
+    """bf16 pays off on CPUs with AMX tiles; with AVX-512-BF16 alone, fp32 matmuls measured faster here
+    (docs/performance.md)."""
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(check and check())
 
 
 def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype, or None for fp32."""
+    """The autocast dtype, or None for fp32. auto: bf16 on CUDA that has it (else fp16), bf16 on CPUs with AMX,
+    fp32 on other CPUs."""
     if precision == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_supports_bf16() else None
+        return torch.bfloat16 if cpu_has_fast_bf16() else None
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("fp16 training needs CUDA (a grad scaler); on CPU use --precision bf16 or fp32")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
@@ -308,7 +311,14 @@ def fit(config: TrainConfig, resume: str | Path | None = None, stop_after_steps:
             raise ValueError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it "
                              "or choose another --output")
 
-    # Everything that can be refused is checked before any training starts.
+    # Everything that can be refused is checked before any training starts: cheap checks first.
+    from .models import model_family
+
+    model_family(config.model)
+    if config.teacher is not None and config.distillation != "none" and not Path(config.teacher).is_dir() \
+            and config.teacher_weights is None:
+        raise ValueError(f"teacher {config.teacher!r} is not a run directory; give an architecture name "
+                         "with --teacher-weights FILE")
     device = resolve_device(config.device)
     amp_dtype = resolve_precision(config.precision, device)
     if config.threads:
@@ -551,3 +561,24 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, data_dir: str 
     metrics.update({"run": str(run_dir), "weights": weights, "data": eval_config.data,
                     "precision": precision_name(amp_dtype)})
     return metrics
+
+
+def fit_or_reuse(config: TrainConfig) -> RunResult:
+    """Train `config` into config.output, reusing a finished run of the same settings and resuming an
+    interrupted one; a directory holding a run of other settings is refused."""
+    run_dir = Path(config.output)
+    saved_path = run_dir / "config.json"
+    if saved_path.exists():
+        saved = TrainConfig.from_dict(json.loads(saved_path.read_text())["train"])
+        ignore = {"progress": None}  # display-only settings may differ
+        if saved.replace(**ignore) != config.replace(**ignore):
+            differing = [k for k, v in config.to_dict().items() if saved.to_dict()[k] != v and k not in ignore]
+            raise ValueError(f"{run_dir} holds a run with other settings ({', '.join(differing)}); "
+                             "delete it or choose another output directory")
+        if (run_dir / "metrics.json").exists():
+            print(f"reusing the finished run in {run_dir}", flush=True)
+            return RunResult(run_dir, json.loads((run_dir / "metrics.json").read_text()))
+        if (run_dir / "state.pt").exists():
+            print(f"resuming the interrupted run in {run_dir}", flush=True)
+            return fit(config, resume=run_dir)
+    return fit(config)

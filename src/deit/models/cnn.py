@@ -76,10 +76,6 @@ class SmallResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        # Zero the last BN of each residual branch: every block starts as identity (Goyal et al. 2017).
-        for m in self.modules():
-            if isinstance(m, BasicBlock):
-                nn.init.zeros_(m.bn2.weight)
 
     @property
     def num_classes(self) -> int:
