@@ -1,0 +1,259 @@
+"""`deit reproduce`: the paper's distillation tables (2, 3, 4) and a data-efficiency study at small scale.
+
+Every row is an ordinary `deit train` run in runs/reproduce/<preset>/<row>-s<seed>; finished runs are
+reused and interrupted ones resumed, so a preset can span sessions. Tables, a plot and the exact
+commands go to results/<preset>/.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import PRESETS, TrainConfig, preset_config
+
+
+@dataclass(frozen=True)
+class Row:
+    """One training run of a study: `key` names it, `options` override the student preset."""
+
+    key: str
+    label: str
+    options: dict[str, Any] = field(default_factory=dict)
+    teacher: str | None = None  # key of the teacher row it distils from
+    preset: str = "fmnist-cpu"
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    seeds: tuple[int, ...]
+    teachers: tuple[Row, ...]
+    rows: tuple[Row, ...]
+    common: dict[str, Any] = field(default_factory=dict)
+
+
+STUDENT = "deit_micro_patch4_28"
+DISTILLED_STUDENT = "deit_micro_distilled_patch4_28"
+
+
+def _table3_study(name: str, common: dict, teacher_options: dict, vit_teacher_options: dict) -> Study:
+    teachers = (
+        Row("teacher-cnn", "convnet teacher (ResNet-14)", teacher_options, preset="cnn-small"),
+        Row("teacher-vit", "transformer teacher (DeiT-Ti, 28 px)", vit_teacher_options),
+    )
+    rows = (
+        Row("none", "no distillation", dict(model=STUDENT)),
+        Row("soft", "usual distillation (soft, class head)",
+            dict(model=STUDENT, distillation="soft", tau=3.0, alpha=0.1), teacher="teacher-cnn"),
+        Row("hard", "hard-label distillation (class head)",
+            dict(model=STUDENT, distillation="hard", alpha=0.5), teacher="teacher-cnn"),
+        Row("token", "distillation token (hard)",
+            dict(model=DISTILLED_STUDENT, distillation="hard", alpha=0.5), teacher="teacher-cnn"),
+        Row("token-vit-teacher", "distillation token, transformer teacher",
+            dict(model=DISTILLED_STUDENT, distillation="hard", alpha=0.5), teacher="teacher-vit"),
+    )
+    return Study(name, (0, 1), teachers, rows, common)
+
+
+STUDIES: dict[str, Study] = {
+    # The paper's Tables 2-4 on Fashion-MNIST within ~3 h of a 2-core CPU.
+    "fmnist-cpu": _table3_study(
+        "fmnist-cpu", {},
+        teacher_options=dict(model="resnet14_small"),
+        vit_teacher_options=dict(model="deit_tiny_patch4_28", epochs=8),
+    ),
+    # The longest schedule we can afford: for a GPU, or a long CPU run.
+    "fmnist-full": _table3_study(
+        "fmnist-full", dict(epochs=100),
+        teacher_options=dict(model="resnet20_wide", epochs=60),
+        vit_teacher_options=dict(model="deit_tiny_patch4_28", epochs=100),
+    ),
+}
+
+DATA_FRACTIONS = (0.1, 0.25, 1.0)
+
+
+def data_efficiency_study(student_epochs: int = 12, teacher_epochs: int = 12) -> Study:
+    """Student with and without distillation on 10/25/100 % of the training set, the same number of optimizer
+    steps for every fraction (epochs scaled by 1/fraction). Each fraction has its own teacher trained on the
+    same subset, so no run sees images the fraction excludes."""
+    teachers, rows = [], []
+    for fraction in DATA_FRACTIONS:
+        pct = f"{int(fraction * 100)}pct"
+        subset = None if fraction == 1.0 else fraction
+        scaled = lambda epochs: dict(epochs=int(round(epochs / fraction)), warmup_epochs=1 / fraction,
+                                     eval_every=int(round(1 / fraction)),
+                                     train_subset=subset)
+        teachers.append(Row(f"teacher-cnn-{pct}", f"convnet teacher (ResNet-14), {fraction:.0%} of the data",
+                            dict(model="resnet14_small", **scaled(teacher_epochs)), preset="cnn-small"))
+        rows.append(Row(f"none-{pct}", f"no distillation, {fraction:.0%} of the data",
+                        dict(model=STUDENT, **scaled(student_epochs))))
+        rows.append(Row(f"token-{pct}", f"distillation token, {fraction:.0%} of the data",
+                        dict(model=DISTILLED_STUDENT, distillation="hard", alpha=0.5, **scaled(student_epochs)),
+                        teacher=f"teacher-cnn-{pct}"))
+    return Study("fmnist-data-efficiency", (0,), tuple(teachers), tuple(rows))
+
+
+STUDIES["fmnist-data-efficiency"] = data_efficiency_study()
+
+
+def row_config(study: Study, row: Row, seed: int, runs_dir: Path, **execution: Any) -> TrainConfig:
+    options = {**study.common, **row.options} if row.preset == "fmnist-cpu" else dict(row.options)
+    if row.teacher is not None:
+        options["teacher"] = str(runs_dir / f"{row.teacher}-s0")  # one teacher per study, as in the paper
+    return preset_config(row.preset, seed=seed, output=str(runs_dir / f"{row.key}-s{seed}"),
+                         **{**options, **execution})
+
+
+def train_command(config: TrainConfig, preset: str) -> str:
+    """The `deit train` command line equivalent to `config` (flags that differ from the preset)."""
+    defaults = preset_config(preset)
+    parts = ["deit train", f"--preset {preset}"]
+    for key, value in config.to_dict().items():
+        if value != getattr(defaults, key) and key != "progress":
+            flag = "--" + key.replace("_", "-")
+            if isinstance(value, bool):
+                parts.append(flag if value else f"--no-{key.replace('_', '-')}")
+            else:
+                parts.append(f"{flag} {value}")
+    return " ".join(parts)
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def run_study(name: str, output: str | Path | None = None, runs_dir: str | Path | None = None,
+              **execution: Any) -> dict[str, Any]:
+    """Train every row of a study (reusing finished runs), then write its tables, plot and commands."""
+    from .train import fit_or_reuse
+
+    if name not in STUDIES:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(STUDIES)}")
+    study = STUDIES[name]
+    output = Path(output or Path("results") / name)
+    runs_dir = Path(runs_dir or Path("runs") / "reproduce" / name)
+    output.mkdir(parents=True, exist_ok=True)
+    commands: list[str] = []
+    results: dict[str, Any] = {"teachers": {}, "rows": {}}
+    for teacher in study.teachers:
+        config = row_config(study, teacher, 0, runs_dir, **execution)
+        commands.append(train_command(config, teacher.preset))
+        results["teachers"][teacher.key] = {"label": teacher.label, **fit_or_reuse(config).metrics}
+    for row in study.rows:
+        per_seed = []
+        for seed in study.seeds:
+            config = row_config(study, row, seed, runs_dir, **execution)
+            commands.append(train_command(config, row.preset))
+            per_seed.append(fit_or_reuse(config).metrics)
+        results["rows"][row.key] = {"label": row.label, "seeds": list(study.seeds), "runs": per_seed}
+    (output / "commands.txt").write_text("\n".join(commands) + "\n")
+    results["table"] = render_tables(study, results, runs_dir, **execution)
+    (output / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    (output / "README.md").write_text(results["table"])
+    plot_study(study, results, output / "plot.png")
+    return results
+
+
+def _rows_for_table3(study: Study, results: dict) -> list[tuple[str, str, list[float]]]:
+    """(label, key, top-1 per seed) rows; the token row expands to class / dist / class+dist heads."""
+    table = []
+    for row in study.rows:
+        runs = results["rows"][row.key]["runs"]
+        if row.options.get("model") == DISTILLED_STUDENT:
+            for head, suffix in (("class head", "top1_cls"), ("dist. head", "top1_dist"), ("class+dist", "top1")):
+                table.append((f"{row.label}: {head}", row.key, [r[suffix] for r in runs]))
+        else:
+            table.append((row.label, row.key, [r["top1"] for r in runs]))
+    return table
+
+
+def disagreement_table(study: Study, runs_dir: Path, **execution: Any) -> dict[str, float]:
+    """Paper Table 4 on the val set, seed 0: teacher, class head, dist head, class+dist, no distillation."""
+    from .checkpoint import load_checkpoint
+    from .data import BatchLoader
+    from .train import load_split, predict, resolve_device, resolve_precision
+
+    token_dir, none_dir = runs_dir / "token-s0", runs_dir / "none-s0"
+    if not (token_dir / "metrics.json").exists() or not (none_dir / "metrics.json").exists():
+        return {}
+    config = TrainConfig.from_dict(json.loads((token_dir / "config.json").read_text())["train"])
+    device = resolve_device(execution.get("device", "auto"))
+    amp = resolve_precision(execution.get("precision", "auto"), device)
+    val = load_split(config, "val")
+    loader = BatchLoader(val, 500, train=False, device=device)
+    token = predict(load_checkpoint(token_dir).model.to(device), loader, device, amp)
+    teacher_pred = predict(load_checkpoint(Path(config.teacher)).model.to(device), loader, device, amp)
+    none_pred = predict(load_checkpoint(none_dir).model.to(device), loader, device, amp)
+    preds = {"teacher": teacher_pred["logits"], "class": token["cls"], "dist": token["dist"],
+             "class+dist": token["logits"], "no distillation": none_pred["logits"]}
+    argmax = {k: v.argmax(1) for k, v in preds.items()}
+    names = list(argmax)
+    return {f"{a} vs {b}": float((argmax[a] != argmax[b]).float().mean())
+            for i, a in enumerate(names) for b in names[i + 1:]}
+
+
+def render_tables(study: Study, results: dict, runs_dir: Path, **execution: Any) -> str:
+    seeds = ", ".join(str(s) for s in study.seeds)
+    lines = [f"# `deit reproduce --preset {study.name}`", "",
+             f"Fashion-MNIST test set (10,000 images), top-1 %, mean ± std over seeds {seeds}. "
+             "Exact commands: commands.txt.", "", "## Teachers", "", "| teacher | params | top-1 |", "|---|---|---|"]
+    for key, t in results["teachers"].items():
+        lines.append(f"| {t['label']} | {t['params']:,} | {t['top1']:.2f} |")
+    if study.name.endswith("data-efficiency"):
+        lines += ["", "## Data efficiency (same number of optimizer steps)", "",
+                  "| run | top-1 |", "|---|---|"]
+        for label, _, values in _rows_for_table3(study, results):
+            lines.append(f"| {label} | {_mean_std(values)} |")
+        return "\n".join(lines) + "\n"
+    lines += ["", "## Table 3: distillation variants (student DeiT-micro, 0.8M params)", "",
+              "| method | top-1 |", "|---|---|"]
+    table3 = [r for r in _rows_for_table3(study, results) if r[1] != "token-vit-teacher"]
+    for label, _, values in table3:
+        lines.append(f"| {label} | {_mean_std(values)} |")
+    lines += ["", "## Table 2: teacher choice (student with distillation token, class+dist)", "",
+              "| teacher | teacher top-1 | student top-1 |", "|---|---|---|"]
+    for row_key, teacher_key in (("token", "teacher-cnn"), ("token-vit-teacher", "teacher-vit")):
+        runs = results["rows"][row_key]["runs"]
+        t = results["teachers"][teacher_key]
+        lines.append(f"| {t['label']} | {t['top1']:.2f} | {_mean_std([r['top1'] for r in runs])} |")
+    disagreement = disagreement_table(study, runs_dir, **execution)
+    if disagreement:
+        results["disagreement"] = disagreement
+        lines += ["", "## Table 4: disagreement rate on the test set (seed 0)", "", "| pair | rate |", "|---|---|"]
+        for pair, rate in disagreement.items():
+            lines.append(f"| {pair} | {rate:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_study(study: Study, results: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _rows_for_table3(study, results)
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5))
+    labels = [r[0] for r in rows]
+    means = [statistics.mean(r[2]) for r in rows]
+    errors = [statistics.stdev(r[2]) if len(r[2]) > 1 else 0.0 for r in rows]
+    ax.barh(range(len(rows)), means, xerr=errors, color="#4c72b0", capsize=3)
+    for key, t in results["teachers"].items():
+        ax.axvline(t["top1"], linestyle="--", color="#c44e52" if key == "teacher-cnn" else "#8172b2",
+                   label=f"{t['label']} ({t['top1']:.2f})")
+    ax.set_yticks(range(len(rows)), labels)
+    ax.invert_yaxis()
+    low = min(min(means), *(t["top1"] for t in results["teachers"].values()))
+    ax.set_xlim(low - 2, 100 if low > 95 else max(max(means), *(t["top1"] for t in results["teachers"].values())) + 1)
+    ax.set_xlabel("top-1 % (Fashion-MNIST test)")
+    ax.set_title(f"deit reproduce --preset {study.name}")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
