@@ -144,6 +144,11 @@ def test_missing_data_message(tmp_path):
     assert "\n" not in message
 
 
+def test_missing_cifar_message(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"cifar10 not found under .*cifar-10-python\.tar\.gz"):
+        load_data("cifar10", "train", data_dir=str(tmp_path), download=False)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="split"):
         load_data("fashion-mnist", "test")
@@ -381,26 +386,33 @@ def test_loader_resume_is_exact(augment):
 
 def test_loader_leaves_global_rng_alone():
     torch.manual_seed(0), random.seed(0), np.random.seed(0)
-    before = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    before = global_rng_states()
     loader = BatchLoader(synthetic(200), 50, train=True, augment=RECIPE, repeats=3, seed=1)
     for _ in loader:
         pass
-    after = torch.get_rng_state(), random.getstate(), np.random.get_state()
-    assert torch.equal(before[0], after[0]) and before[1] == after[1]
-    assert all(np.array_equal(a, b) for a, b in zip(before[2], after[2]))
+    assert_same_rng_states(global_rng_states(), before)
+
+
+def global_rng_states():
+    return torch.get_rng_state(), random.getstate(), np.random.get_state()
+
+
+def assert_same_rng_states(a, b):
+    assert torch.equal(a[0], b[0]) and a[1] == b[1] and all(np.array_equal(x, y) for x, y in zip(a[2], b[2]))
 
 
 def test_loader_workers_match_main_process():
     torch.manual_seed(0)
-    before = torch.get_rng_state()
+    before = global_rng_states()
     data = synthetic(256, chans=3, size=32)
     main = BatchLoader(data, 64, train=True, augment=RECIPE, seed=4)
     workers = BatchLoader(data, 64, train=True, augment=RECIPE, seed=4, num_workers=1)
     for epoch in (0, 1):  # persistent workers across epochs
         main.set_epoch(epoch), workers.set_epoch(epoch)
         assert_same_batches(collect(workers), collect(main))
+    next(iter(workers))  # an abandoned pass must not leak into the next one
     assert_same_batches(collect(workers, 2), collect(main, 2))
-    assert torch.equal(torch.get_rng_state(), before)
+    assert_same_rng_states(global_rng_states(), before)
 
 
 def test_eval_batches_are_normalised_in_order():

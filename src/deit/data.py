@@ -517,8 +517,9 @@ def random_erase_(x: torch.Tensor, probability: float, generator, min_area: floa
 
 
 def _posterize_any_bits(img, bits_to_keep, **_):
-    """timm's posterize, valid for 0 bits: Pillow >= 11 rejects bits=0, which 'rand-m9-mstd0.5-inc1' draws whenever
-    the noisy magnitude reaches 10 (about 2 % of uses); older Pillow returned a black image, so do that."""
+    """timm's posterize, valid for 0 bits: recent Pillow (13 here) raises on bits=0, which 'rand-m9-mstd0.5-inc1'
+    asks for whenever the noisy magnitude reaches 10 (about 2 % of uses; a crash mid-training); older Pillow returned
+    a black image, so do that."""
     from PIL import Image, ImageOps
 
     if bits_to_keep >= 8:
@@ -597,6 +598,19 @@ class RepeatAugSampler:
         return math.ceil(self.num_samples / self.world_size)
 
 
+@contextlib.contextmanager
+def _single_threaded():
+    """Run batch building on one intra-op thread. Its tensors are small (a 28 px batch is 200k values): a second
+    OpenMP thread buys nothing, and when the other core is busy (training, other processes) the threads' hand-offs
+    made these ops up to 100x slower in measurements on a shared 2-core machine. Toggling the setting costs < 1 us."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 class _BatchBuilder(torch.utils.data.Dataset):
     """Builds batch k of an epoch from scratch. Item (epoch, k) is a pure function of (seed, epoch, k, rank), which
     makes resuming exact and lets DataLoader workers build whole batches in any order."""
@@ -623,10 +637,11 @@ class _BatchBuilder(torch.utils.data.Dataset):
     def __getitem__(self, item: tuple[int, int]):
         epoch, k = item
         indices = self.epoch_indices(epoch)[k * self.batch_size:(k + 1) * self.batch_size]
-        images, labels = self.images[indices], self.labels[indices]
-        if self.augment is None:
-            return self._normalise(images), labels
-        return self._augment(images, _derive_seed(self.seed, "batch", epoch, k, self.rank)), labels
+        with _single_threaded():
+            images, labels = self.images[indices], self.labels[indices]
+            if self.augment is None:
+                return self._normalise(images), labels
+            return self._augment(images, _derive_seed(self.seed, "batch", epoch, k, self.rank)), labels
 
     def _augment(self, images: torch.Tensor, seed: int) -> torch.Tensor:
         cfg, generator = self.augment, torch.Generator().manual_seed(seed)
@@ -647,9 +662,6 @@ class _BatchBuilder(torch.utils.data.Dataset):
 
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
         return images.float().div_(255).sub_(self.mean).div_(self.std)  # the order of ToTensor + Normalize
-
-    def __len__(self) -> int:
-        return 0  # only indexed through _EpochBatches
 
 
 class _EpochBatches(torch.utils.data.Sampler):
