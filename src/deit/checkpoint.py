@@ -168,8 +168,11 @@ def _read_weights_file(file: Path) -> tuple[dict[str, Tensor], str | None]:
         obj, fmt = obj["model"], "official"  # {'model': ..., 'optimizer': ..., 'args': Namespace, ...}
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
-    if not (isinstance(obj, dict) and obj and all(isinstance(v, Tensor) for v in obj.values())):
+    if not isinstance(obj, dict) or not obj:
         raise ValueError(f"{file} holds no model state dict (found {type(obj).__name__})")
+    not_tensors = [k for k, v in obj.items() if not isinstance(v, Tensor)]
+    if not_tensors:
+        raise ValueError(f"{file} holds no model state dict: {_preview(not_tensors)} are not tensors")
     return obj, fmt
 
 
@@ -392,7 +395,11 @@ def infer_vit_config(state_dict: dict[str, Tensor], source: str = "checkpoint") 
         raise ValueError(f"cannot tell the architecture of {source}: not a ViT/DeiT state dict; "
                          "name the model (--model NAME)") from None
     distilled = "dist_token" in state_dict
-    side = math.isqrt(pos_rows - (2 if distilled else 1))
+    grid_rows = pos_rows - (2 if distilled else 1)
+    side = math.isqrt(grid_rows)
+    if side * side != grid_rows:
+        raise ValueError(f"cannot tell the architecture of {source}: pos_embed has no square patch grid; "
+                         "name the model (--model NAME)")
     patch = proj.shape[-1]
     for name in sorted(list_models(), key=lambda n: ("distilled" in n) != distilled):  # same kind first
         if model_family(name) != "vit":
