@@ -149,6 +149,26 @@ def test_missing_cifar_message(tmp_path):
         load_data("cifar10", "train", data_dir=str(tmp_path), download=False)
 
 
+def test_cifar_layout(monkeypatch, tmp_path):
+    import torchvision.datasets
+
+    class FakeCIFAR10:  # the attributes torchvision's CIFAR10 exposes, without the 170 MB download
+        url, base_folder = "https://example/cifar-10-python.tar.gz", "cifar-10-batches-py"
+        classes = ["airplane", "automobile"]
+
+        def __init__(self, root, train, download):
+            self.targets = [0, 1, 1, 0] if train else [1]
+            n = len(self.targets)
+            self.data = np.arange(n * 32 * 32 * 3, dtype=np.uint32).reshape(n, 32, 32, 3).astype(np.uint8)  # NHWC
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    data = load_data("cifar10", "train", data_dir=str(tmp_path))
+    assert data.images.shape == (4, 3, 32, 32) and data.labels.tolist() == [0, 1, 1, 0]
+    assert torch.equal(data.images[2, :, 5, 7], torch.from_numpy(FakeCIFAR10(0, True, 0).data[2, 5, 7]))
+    assert data.classes == FakeCIFAR10.classes and data.mean == (0.4914, 0.4822, 0.4465)
+    assert load_data("cifar10", "val", data_dir=str(tmp_path), img_size=16).images.shape == (1, 3, 16, 16)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="split"):
         load_data("fashion-mnist", "test")
