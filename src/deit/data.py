@@ -62,7 +62,8 @@ class ImageData:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
             raise ValueError(f"images must be uint8 [N, C, H, W], got {self.images.dtype} {tuple(self.images.shape)}")
         if self.labels.dtype != torch.int64 or self.labels.shape != (len(self.images),):
-            raise ValueError(f"labels must be int64 [{len(self.images)}], got {self.labels.dtype} {tuple(self.labels.shape)}")
+            raise ValueError(f"labels must be int64 [{len(self.images)}], "
+                             f"got {self.labels.dtype} {tuple(self.labels.shape)}")
         if not len(self.mean) == len(self.std) == self.in_chans:
             raise ValueError(f"mean/std need {self.in_chans} channel values, got {self.mean} / {self.std}")
 
@@ -181,7 +182,7 @@ def _load_fashion_mnist(split: str, data_dir: str | None, download: bool) -> Ima
     # An explicit data_dir is the only place searched (and the download target); otherwise the Debian package's folder
     # and then our cache. torchvision keeps its download under <root>/FashionMNIST/raw.
     root = Path(data_dir).expanduser() if data_dir else CACHE_DIR
-    searched = [root, root / "FashionMNIST" / "raw"] if data_dir else [FASHION_MNIST_SYSTEM_DIR, root / "FashionMNIST" / "raw"]
+    searched = [root if data_dir else FASHION_MNIST_SYSTEM_DIR, root / "FashionMNIST" / "raw"]
     pair = next(filter(None, (_find_idx_pair(folder, split) for folder in searched)), None)
     if pair is None and download:
         try:
@@ -279,12 +280,12 @@ def _load_imagefolder(path: str, split: str, img_size: int | None) -> ImageData:
     unknown = sorted(set(split_classes) - set(classes))
     if unknown:
         raise ValueError(f"imagefolder:{path}: classes {unknown} in {split_dir} have no folder in {train_dir}")
-    files = [(f, label) for label, c in enumerate(classes) if (split_dir / c).is_dir() for f in _image_files(split_dir / c)]
+    files = [(f, label) for label, c in enumerate(classes) for f in _image_files(split_dir / c)]
     if not files:
         raise ValueError(f"imagefolder:{path}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {split_dir}")
 
     # The channel count is decided by the train split (headers only), so both splits agree.
-    train_files = [f for f, _ in files] if split == "train" else [f for c in classes for f in _image_files(train_dir / c)]
+    train_files = [f for c in classes for f in _image_files(train_dir / c)] if split != "train" else [f for f, _ in files]
     grayscale = all(_is_grayscale_mode(_image_mode(f)) for f in train_files)
     channels = 1 if grayscale else 3
     images = torch.empty((len(files), channels, img_size, img_size), dtype=torch.uint8)
