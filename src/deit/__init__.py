@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name):
     # Checkpoint helpers import lazily so `import deit` stays light.
-    if name in ("load_checkpoint", "resample_pos_embed", "save_model", "save_run_weights"):
+    if name in ("load_checkpoint", "resample_pos_embed", "save_model", "convert_checkpoint"):
         from . import checkpoint
 
         return getattr(checkpoint, name)
