@@ -126,13 +126,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fmnist-cpu": dict(
         epochs=12, batch_size=128, lr=1e-3, min_lr=1e-5, warmup_epochs=1, weight_decay=0.05,
         smoothing=0.1, mixup=0.0, cutmix=0.0, crop="pad", hflip=0.5, randaugment=None, reprob=0.25,
-        repeats=1, drop_path=0.05,
+        repeats=1, drop_path=0.05, eval_every=4,
     ),
     # The CNN teacher on 28-32 px images.
     "cnn-small": dict(
         model="resnet14_small", epochs=12, batch_size=128, lr=2e-3, min_lr=1e-5, warmup_epochs=1,
         weight_decay=0.05, smoothing=0.1, mixup=0.0, cutmix=0.0, crop="pad", hflip=0.5,
-        randaugment=None, reprob=0.25, repeats=1, drop_path=None,
+        randaugment=None, reprob=0.25, repeats=1, drop_path=None, eval_every=4,
     ),
 }
 

@@ -189,23 +189,24 @@ def topk_correct(logits: torch.Tensor, targets: torch.Tensor, k: int) -> int:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader, device: torch.device, amp_dtype, teacher: nn.Module | None = None,
-            progress: bool = False, desc: str = "eval") -> dict[str, torch.Tensor]:
-    """Logits of every head (and of the teacher) on every image of the loader, fp32 on CPU."""
+def predict(model: nn.Module, loader, device: torch.device, amp_dtype, progress: bool = False,
+            desc: str = "eval") -> dict[str, torch.Tensor]:
+    """Logits of every head on every image of the loader (fp32, CPU), and the targets. A model that returns a
+    plain tensor (a teacher) gives only "logits"."""
     from tqdm import tqdm
 
     was_training = model.training
     model.eval()
     out: dict[str, list] = {"targets": []}
     for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        x = x.to(device, non_blocking=True)
         with autocast(device, amp_dtype):
-            o = model(x)
+            o = model(x.to(device, non_blocking=True))
+        if isinstance(o, torch.Tensor):
+            heads = {"logits": o}
+        else:
             heads = {"logits": o.logits, "cls": o.cls_logits}
             if o.dist_logits is not None:
                 heads["dist"] = o.dist_logits
-            if teacher is not None:
-                heads["teacher"] = teacher(x)
         for name, value in heads.items():
             out.setdefault(name, []).append(value.float().cpu())
         out["targets"].append(y.cpu())
@@ -231,8 +232,14 @@ def metrics_from_predictions(pred: dict[str, torch.Tensor]) -> dict[str, float]:
     return metrics
 
 
-def evaluate(model, loader, device, amp_dtype, teacher=None, progress=False) -> dict[str, float]:
-    return metrics_from_predictions(predict(model, loader, device, amp_dtype, teacher, progress))
+def evaluate(model, loader, device, amp_dtype, teacher_logits: torch.Tensor | None = None,
+             progress: bool = False) -> dict[str, float]:
+    """Metrics of `model`; with the teacher's logits on the same loader, also the teacher's and the
+    disagreement rates (the frozen teacher's predictions are computed once per run)."""
+    pred = predict(model, loader, device, amp_dtype, progress)
+    if teacher_logits is not None:
+        pred["teacher"] = teacher_logits
+    return metrics_from_predictions(pred)
 
 
 # ----------------------------------------------------------------------------- run directory
@@ -402,6 +409,7 @@ def fit(config: TrainConfig, resume: str | Path | None = None, stop_after_steps:
           f"({len(train_data):,} train / {len(val_data):,} val), {config.epochs} epochs x {steps_per_epoch} steps, "
           f"{precision_name(amp_dtype)} on {device}, distillation={config.distillation} -> {run_dir}", flush=True)
     metrics: dict[str, Any] = {}
+    teacher_val_logits = None
     last_save = time.monotonic()
     stopped = False
     for epoch in range(start_epoch, config.epochs):
@@ -477,7 +485,10 @@ def fit(config: TrainConfig, resume: str | Path | None = None, stop_after_steps:
         }
         is_last = epoch + 1 == config.epochs
         if is_last or (epoch + 1) % config.eval_every == 0:
-            metrics = evaluate(model, val_loader, device, amp_dtype, teacher, config.progress)
+            if teacher is not None and teacher_val_logits is None:
+                teacher_val_logits = predict(teacher, val_loader, device, amp_dtype, config.progress,
+                                             desc="teacher eval")["logits"]
+            metrics = evaluate(model, val_loader, device, amp_dtype, teacher_val_logits, config.progress)
             row.update({f"val_{k}": v for k, v in metrics.items() if not k.startswith("disagree")})
             if ema is not None:
                 ema_metrics = evaluate(ema.module, val_loader, device, amp_dtype)
@@ -551,13 +562,13 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, data_dir: str 
     torch_device = resolve_device(device)
     amp_dtype = resolve_precision(precision, torch_device)
     model = model.to(torch_device)
-    teacher_model = None
+    loader = BatchLoader(val_data, batch_size, train=False, device=torch_device)
+    teacher_logits = None
     if teacher is not None:
         teacher_model, _ = load_teacher(teacher, teacher_weights, num_classes=val_data.num_classes,
                                         in_chans=val_data.in_chans, img_size=val_data.img_size)
-        teacher_model = teacher_model.to(torch_device)
-    loader = BatchLoader(val_data, batch_size, train=False, device=torch_device)
-    metrics = evaluate(model, loader, torch_device, amp_dtype, teacher_model, progress)
+        teacher_logits = predict(teacher_model.to(torch_device), loader, torch_device, amp_dtype)["logits"]
+    metrics = evaluate(model, loader, torch_device, amp_dtype, teacher_logits, progress)
     metrics.update({"run": str(run_dir), "weights": weights, "data": eval_config.data,
                     "precision": precision_name(amp_dtype)})
     return metrics

@@ -127,6 +127,15 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # B, N, D
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q kᵀ / √d) v over (B, heads, N, d). SDPA, except for a CPU step that needs gradients in bf16/fp16
+    or with few tokens: there the plain matmul form trains 1.2-5x faster than SDPA's flash backward
+    (docs/performance.md)."""
+    if q.device.type == "cpu" and q.requires_grad and (q.dtype != torch.float32 or k.shape[-2] <= 128):
+        return ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(-1) @ v
+    return F.scaled_dot_product_attention(q, k, v)
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
         super().__init__()
@@ -135,12 +144,21 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, num_queries: int | None = None) -> torch.Tensor:
+        """Self-attention of x (B, N, D); with num_queries=n, only the first n tokens' outputs (B, n, D)."""
         B, N, D = x.shape
         # qkv rows are [q | k | v], each head-major: the official layout.
-        qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
-        return self.proj(x.transpose(1, 2).reshape(B, N, D))
+        if num_queries is None:
+            qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)
+        else:
+            w, b = self.qkv.weight, self.qkv.bias
+            q = F.linear(x[:, :num_queries], w[:D], None if b is None else b[:D])
+            q = q.view(B, num_queries, self.num_heads, self.head_dim).transpose(1, 2)
+            kv = F.linear(x, w[D:], None if b is None else b[D:])
+            k, v = kv.view(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        x = attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(B, q.shape[2], D))
 
 
 class Mlp(nn.Module):
@@ -163,8 +181,10 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+    def forward(self, x: torch.Tensor, num_queries: int | None = None) -> torch.Tensor:
+        """With num_queries=n, only the first n tokens' outputs: all a last block's head reads."""
+        y = self.attn(self.norm1(x), num_queries)
+        x = (x if num_queries is None else x[:, :num_queries]) + self.drop_path(y)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -229,16 +249,28 @@ class VisionTransformer(nn.Module):
                 "(deit.resample_pos_embed adapts trained weights)"
             )
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised output tokens, shape (B, prefix + N, D)."""
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Input tokens [cls, (dist), patches] + pos_embed, shape (B, prefix + N, D)."""
         self.check_input(x)
         x = self.patch_embed(x)
         prefix = [self.cls_token.expand(x.shape[0], -1, -1)]
         if self.dist_token is not None:
             prefix.append(self.dist_token.expand(x.shape[0], -1, -1))
-        x = torch.cat(prefix + [x], dim=1) + self.pos_embed
-        x = self.blocks(x)
-        return self.norm(x)
+        return torch.cat(prefix + [x], dim=1) + self.pos_embed
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised output tokens, shape (B, prefix + N, D)."""
+        return self.norm(self.blocks(self.embed(x)))
+
+    def forward_prefix(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised output of the prefix tokens only, (B, prefix, D): equal to forward_features(x)[:, :prefix],
+        but the last block skips the patch tokens' outputs, which no head reads (~1/depth of the work)."""
+        x, n = self.embed(x), self.config.num_prefix_tokens
+        if len(self.blocks) == 0:
+            return self.norm(x[:, :n])
+        for block in self.blocks[:-1]:
+            x = block(x)
+        return self.norm(self.blocks[-1](x, num_queries=n))
 
     def forward_head(self, tokens: torch.Tensor) -> DeiTOutput:
         cls_logits = self.head(tokens[:, 0])
@@ -252,7 +284,7 @@ class VisionTransformer(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> DeiTOutput:
-        return self.forward_head(self.forward_features(x))
+        return self.forward_head(self.forward_prefix(x))
 
 
 def count_parameters(model: nn.Module) -> int:
