@@ -290,14 +290,19 @@ def plot_curves(log_path: Path, png_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- the run
+# Settings that change how a run executes, not what it computes: they may differ on resume and reuse.
+EXECUTION_ONLY = ("progress", "threads", "eval_batch_size", "save_every_minutes", "num_workers")
+
 @dataclass
 class RunResult:
     output: Path
     metrics: dict[str, Any]
 
 
-def fit(config: TrainConfig, resume: str | Path | None = None, stop_after_steps: int | None = None) -> RunResult:
-    """Train `config` to the end (or resume the run in `resume`). `stop_after_steps` stops early, leaving a
+def fit(config: TrainConfig | None, resume: str | Path | None = None,
+        stop_after_steps: int | None = None) -> RunResult:
+    """Train `config` to the end, or resume the run in `resume` (with `config`, only its execution-only
+    settings apply: threads, progress, ...). `stop_after_steps` stops early, leaving a
     resumable run (used to test exact resume and to split long runs)."""
     from tqdm import tqdm
 
@@ -311,7 +316,10 @@ def fit(config: TrainConfig, resume: str | Path | None = None, stop_after_steps:
         saved = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else None
         if saved is None or not (run_dir / "state.pt").exists():
             raise FileNotFoundError(f"{run_dir} is not a resumable run (needs config.json and state.pt)")
-        config = TrainConfig.from_dict(saved["train"])
+        saved_config = TrainConfig.from_dict(saved["train"])
+        # Execution-only settings may change on resume; everything that shapes the result may not.
+        config = saved_config if config is None else saved_config.replace(
+            **{k: getattr(config, k) for k in EXECUTION_ONLY})
     else:
         run_dir = Path(config.output) if config.output else default_output(config)
         if (run_dir / "state.pt").exists():
@@ -581,7 +589,7 @@ def fit_or_reuse(config: TrainConfig) -> RunResult:
     saved_path = run_dir / "config.json"
     if saved_path.exists():
         saved = TrainConfig.from_dict(json.loads(saved_path.read_text())["train"])
-        ignore = {"progress": None}  # display-only settings may differ
+        ignore = {k: None for k in EXECUTION_ONLY}
         if saved.replace(**ignore) != config.replace(**ignore):
             differing = [k for k, v in config.to_dict().items() if saved.to_dict()[k] != v and k not in ignore]
             raise ValueError(f"{run_dir} holds a run with other settings ({', '.join(differing)}); "
