@@ -131,7 +131,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # The CNN teacher on 28-32 px images (3e-3 at batch 128).
     "cnn-small": dict(
-        model="resnet8_small", epochs=4, batch_size=128, lr=1.2e-2, min_lr=1e-5, warmup_epochs=0.3,
+        model="resnet8_tiny", epochs=4, batch_size=128, lr=1.2e-2, min_lr=1e-5, warmup_epochs=0.3,
         weight_decay=0.05, smoothing=0.1, mixup=0.0, cutmix=0.0, crop="pad", hflip=0.5,
         randaugment=None, reprob=0.1, repeats=1, drop_path=None, eval_every=4,
     ),

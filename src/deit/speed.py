@@ -183,7 +183,7 @@ class QuantizedResNet(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> DeiTOutput:
         self.check_input(x)
-        logits = self.quantized(x.float())
+        logits = self.quantized(x.float().cpu()).to(x.device)  # quantized kernels are CPU-only
         return DeiTOutput(logits=logits, cls_logits=logits)
 
 

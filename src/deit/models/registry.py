@@ -38,21 +38,22 @@ for _distilled in (False, True):
 # Small-image presets: 28x28 grayscale (Fashion-MNIST, MNIST) and 32x32 RGB (CIFAR), patch 4.
 for _distilled in (False, True):
     _d = "distilled_" if _distilled else ""
-    # ~0.6M params, 6 blocks: fits a 2-core CPU budget (the default pipeline student).
+    # ~0.46M params, 6 blocks of width 96: fits a 2-core CPU budget (the default pipeline student).
     register_model(f"deit_micro_{_d}patch4_28", "vit", img_size=28, patch_size=4, in_chans=1,
-                   num_classes=10, embed_dim=128, depth=6, num_heads=4, mlp_ratio=2.0,
+                   num_classes=10, embed_dim=96, depth=6, num_heads=3, mlp_ratio=2.0,
                    distilled=_distilled, drop_path_rate=0.05)
     register_model(f"deit_tiny_{_d}patch4_28", "vit", img_size=28, patch_size=4, in_chans=1,
                    num_classes=10, embed_dim=192, depth=12, num_heads=3, distilled=_distilled,
                    drop_path_rate=0.1)
     register_model(f"deit_micro_{_d}patch4_32", "vit", img_size=32, patch_size=4, in_chans=3,
-                   num_classes=10, embed_dim=128, depth=6, num_heads=4, mlp_ratio=2.0,
+                   num_classes=10, embed_dim=96, depth=6, num_heads=3, mlp_ratio=2.0,
                    distilled=_distilled, drop_path_rate=0.05)
     register_model(f"deit_tiny_{_d}patch4_32", "vit", img_size=32, patch_size=4, in_chans=3,
                    num_classes=10, embed_dim=192, depth=12, num_heads=3, distilled=_distilled,
                    drop_path_rate=0.1)
 
 # CIFAR-style ResNets (6n+2 layers) for 28-32 px inputs: the convnet teachers.
+register_model("resnet8_tiny", "resnet", blocks_per_stage=(1, 1, 1), width=16)
 register_model("resnet8_small", "resnet", blocks_per_stage=(1, 1, 1), width=32)
 register_model("resnet14_small", "resnet", blocks_per_stage=(2, 2, 2), width=32)
 register_model("resnet20_small", "resnet", blocks_per_stage=(3, 3, 3), width=32)
