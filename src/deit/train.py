@@ -430,6 +430,7 @@ def fit(config: TrainConfig | None, resume: str | Path | None = None,
         bar = tqdm(total=steps_per_epoch, initial=first_batch, desc=f"epoch {epoch + 1}/{config.epochs}",
                    disable=not config.progress, dynamic_ncols=True, leave=False)
         batches = iter(train_loader.iterate(first_batch))
+        lr = lr_at(step, total_steps, warmup_steps, peak_lr, config.warmup_lr, config.min_lr)
         for batch_index in range(first_batch, steps_per_epoch):
             t0 = time.perf_counter()
             x, y = next(batches)
