@@ -122,18 +122,20 @@ class TrainConfig:
 # Presets: recipe changes for a setting, applied over the Table 9 defaults and under explicit flags.
 PRESETS: dict[str, dict[str, Any]] = {
     "deit": {},  # the paper's Table 9 recipe
-    # Fashion-MNIST on a 2-core CPU: short schedule, light augmentation (28 px grayscale, little data).
-    # lr is per 512 images: 4e-3 here is 1e-3 at batch 128.
+    # Fashion-MNIST on a 2-core CPU: a short schedule where the small ViT underfits, so light regularisation
+    # (pad-crop + flip, label smoothing; no erasing or stochastic depth) and small batches (more steps per
+    # image). lr is per 512 images: 5.6e-3 here is 7e-4 at batch 64.
     "fmnist-cpu": dict(
-        epochs=10, batch_size=128, lr=4e-3, min_lr=1e-5, warmup_epochs=0.5, weight_decay=0.05,
-        smoothing=0.1, mixup=0.0, cutmix=0.0, crop="pad", hflip=0.5, randaugment=None, reprob=0.1,
-        repeats=1, drop_path=0.05, eval_every=5,
+        epochs=10, batch_size=64, lr=5.6e-3, min_lr=1e-5, warmup_epochs=0.5, weight_decay=0.05,
+        smoothing=0.1, mixup=0.0, cutmix=0.0, crop="pad", hflip=0.5, randaugment=None, reprob=0.0,
+        repeats=1, drop_path=0.0, eval_every=5,
     ),
-    # The CNN teacher on 28-32 px images (3e-3 at batch 128).
+    # The CNN teacher on 28-32 px images (3e-3 at batch 128); flips only: crops and erasing slowed it
+    # more than they helped within 6 epochs (89.4 % at 4 epochs with them, 91.7 % at 6 without).
     "cnn-small": dict(
-        model="resnet8_tiny", epochs=4, batch_size=128, lr=1.2e-2, min_lr=1e-5, warmup_epochs=0.3,
-        weight_decay=0.05, smoothing=0.1, mixup=0.0, cutmix=0.0, crop="pad", hflip=0.5,
-        randaugment=None, reprob=0.1, repeats=1, drop_path=None, eval_every=4,
+        model="resnet8_tiny", epochs=6, batch_size=128, lr=1.2e-2, min_lr=1e-5, warmup_epochs=0.3,
+        weight_decay=0.05, smoothing=0.1, mixup=0.0, cutmix=0.0, crop="none", hflip=0.5,
+        randaugment=None, reprob=0.0, repeats=1, drop_path=None, eval_every=3,
     ),
 }
 
