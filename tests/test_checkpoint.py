@@ -121,9 +121,11 @@ def test_hf_deit_for_image_classification_loads_as_class_token_model(tmp_path):
 
 
 def test_hf_config_fits_transformers(micro):
-    config = transformers.DeiTConfig(**hf_config(micro.config))
+    c = micro.config
+    config = transformers.DeiTConfig(**hf_config(c))
     assert (config.hidden_size, config.num_attention_heads, config.intermediate_size, config.num_labels,
-            config.num_channels, config.image_size, config.layer_norm_eps) == (128, 4, 256, 10, 3, 32, 1e-6)
+            config.num_channels, config.image_size, config.layer_norm_eps) == (
+        c.embed_dim, c.num_heads, int(c.embed_dim * c.mlp_ratio), c.num_classes, c.in_chans, c.img_size[0], 1e-6)
 
 
 # ------------------------------------------------------------------------------------------- resampling
