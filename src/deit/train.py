@@ -191,8 +191,8 @@ def topk_correct(logits: torch.Tensor, targets: torch.Tensor, k: int) -> int:
 @torch.no_grad()
 def predict(model: nn.Module, loader, device: torch.device, amp_dtype, progress: bool = False,
             desc: str = "eval") -> dict[str, torch.Tensor]:
-    """Logits of every head on every image of the loader (fp32, CPU), and the targets. A model that returns a
-    plain tensor (a teacher) gives only "logits"."""
+    """Logits on every image of the loader (fp32, CPU) and the targets: "logits", plus "cls" and "dist" for a
+    distilled model. A model may return a plain tensor (a teacher)."""
     from tqdm import tqdm
 
     was_training = model.training
@@ -201,12 +201,9 @@ def predict(model: nn.Module, loader, device: torch.device, amp_dtype, progress:
     for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress):
         with autocast(device, amp_dtype):
             o = model(x.to(device, non_blocking=True))
-        if isinstance(o, torch.Tensor):
-            heads = {"logits": o}
-        else:
-            heads = {"logits": o.logits, "cls": o.cls_logits}
-            if o.dist_logits is not None:
-                heads["dist"] = o.dist_logits
+        heads = {"logits": o if isinstance(o, torch.Tensor) else o.logits}
+        if getattr(o, "dist_logits", None) is not None:  # the heads are separate predictions only then
+            heads.update(cls=o.cls_logits, dist=o.dist_logits)
         for name, value in heads.items():
             out.setdefault(name, []).append(value.float().cpu())
         out["targets"].append(y.cpu())
