@@ -9,7 +9,8 @@ import torch
 from deit import create_model
 from deit.bench import BenchConfig, run_bench
 from deit.cli import main
-from deit.speed import FusedResNet, FusedViT, make_optimizer_fast, prepare_model_for_inference
+from deit.speed import (FusedResNet, FusedViT, fastest_num_threads, make_optimizer_fast,
+                        prepare_model_for_inference)
 
 QUICK = dict(batch_size=2, windows=1, warmup=0, min_window_s=0.0, threads=1)
 METRICS = {"images_per_s", "ms_per_step", "peak_mem_mb", "gflops_per_image", "achieved_tflops", "mfu"}
@@ -85,6 +86,8 @@ def test_prepare_model_for_inference_keeps_outputs(name, kwargs, fused):
             assert getattr(out, key) is None
         else:
             torch.testing.assert_close(getattr(out, key), getattr(ref, key), rtol=0, atol=1e-5)
+    with torch.autocast("cpu", torch.bfloat16):  # a caller's autocast does not leak into the fused path
+        torch.testing.assert_close(fast(x).logits, ref.logits, rtol=0, atol=1e-5)
     low = prepare_model_for_inference(copy.deepcopy(model), "bf16")(x)
     assert low.logits.dtype == torch.bfloat16
     assert (low.logits.float().argmax(-1) == ref.logits.argmax(-1)).float().mean() >= 2 / 3
@@ -105,3 +108,12 @@ def test_make_optimizer_fast_matches_adamw():
             opt.zero_grad()
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)  # fused vs for-loop rounding
+
+
+def test_fastest_num_threads_sets_a_candidate():
+    before = torch.get_num_threads()
+    try:
+        n = fastest_num_threads(lambda: torch.randn(64, 64) @ torch.randn(64, 64), candidates=(1, 2), rounds=1)
+        assert n in (1, 2) and torch.get_num_threads() == n
+    finally:
+        torch.set_num_threads(before)

@@ -17,7 +17,6 @@ import gc
 import math
 import os
 import platform
-import resource
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -77,6 +76,8 @@ class Candidate:
     flops_per_image: float
     precision: str  # the one its MFU is scored against
     teacher_time: Optional[list] = None  # seconds spent in the teacher, appended by `step`
+    teacher_flops_per_image: float = 0.0  # included in flops_per_image
+    teacher_precision: Optional[str] = None
     info: Optional[dict] = None
 
 
@@ -232,16 +233,28 @@ def _summarise(c: Candidate, timing: dict, cfg: BenchConfig, peaks: dict, mem_mb
     achieved = c.flops_per_image * ips / 1e12
     r = {"images_per_s": ips, "ms_per_step": step_s * 1e3, "peak_mem_mb": mem_mb,
          "gflops_per_image": c.flops_per_image / 1e9, "achieved_tflops": achieved,
-         "precision": c.precision, "mfu": achieved / peaks[c.precision] if peaks.get(c.precision) else None,
+         "precision": c.precision, "mfu": _mfu(achieved, peaks.get(c.precision)),
          "steps_per_window": steps, "window_ms_per_step": [round(s * 1e3, 2) for s in per_step]}
     if timing["teacher_s"]:
         shares = [t / w for t, w in zip(timing["teacher_s"], timing["windows_s"])]
-        r["teacher_ms_per_step"] = statistics.median(timing["teacher_s"]) / steps * 1e3
+        teacher_s = statistics.median(timing["teacher_s"]) / steps
+        r["teacher_ms_per_step"], r["teacher_precision"] = teacher_s * 1e3, c.teacher_precision
         r["teacher_share"] = statistics.median(shares)
+        # Student and teacher scored apart, each against its own precision's peak (int8 has none here).
+        student_flops = (c.flops_per_image - c.teacher_flops_per_image) * cfg.batch_size
+        r["student_mfu"] = _mfu(student_flops / max(step_s - teacher_s, 1e-12) / 1e12, peaks.get(c.precision))
+        r["teacher_mfu"] = _mfu(c.teacher_flops_per_image * cfg.batch_size / max(teacher_s, 1e-12) / 1e12,
+                                peaks.get(c.teacher_precision))
+        if c.teacher_precision != c.precision:
+            r["mfu"] = None  # one step, two precisions: no single peak
     if cfg.compile and c.name == "ours":  # first call minus a steady step: the compilation
         r["compile_s"] = max(0.0, timing["first_call_s"] - step_s)
     r.update(c.info or {})
     return r
+
+
+def _mfu(achieved_tflops: float, peak_tflops: Optional[float]) -> Optional[float]:
+    return achieved_tflops / peak_tflops if peak_tflops else None
 
 
 # ----------------------------------------------------------------------------------------- builders
@@ -358,11 +371,11 @@ def _train_candidates(base: nn.Module, cfg: BenchConfig, device, x, y) -> list[C
     ours_opt = make_optimizer_fast(ours.parameters(), lr=1e-4, weight_decay=0.05)
     forward = torch.compile(ours) if cfg.compile else ours
     times: list = []
-    teacher_info = {} if teacher is None else {"teacher": cfg.teacher, "teacher_precision": cfg.teacher_precision,
-                                               "teacher_path": type(teacher).__name__}
+    teacher_info = {} if teacher is None else {"teacher": cfg.teacher, "teacher_path": type(teacher).__name__}
     cands = [Candidate("ours", make_step(forward, ours_opt, precision_dtype(cfg.ours_precision), teacher,
                                          torch.float32, lambda o: (o.cls_logits, o.dist_logits), times),
                        flops, cfg.ours_precision, teacher_time=times if teacher is not None else None,
+                       teacher_flops_per_image=teacher_flops, teacher_precision=cfg.teacher_precision,
                        info=teacher_info)]
     if teacher is not None and cfg.teacher_precision == "int8":
         with torch.no_grad():
@@ -376,7 +389,8 @@ def _train_candidates(base: nn.Module, cfg: BenchConfig, device, x, y) -> list[C
         unpack = (lambda o: o) if base.config.distilled else (lambda o: (o, None))
         cands.append(Candidate("timm_autocast" if dtype != torch.float32 else "timm",
                                make_step(twin, twin_opt, dtype, teacher_plain, dtype, unpack, times_t), flops,
-                               cfg.precision, teacher_time=times_t if teacher is not None else None))
+                               cfg.precision, teacher_time=times_t if teacher is not None else None,
+                               teacher_flops_per_image=teacher_flops, teacher_precision=cfg.precision))
     return cands
 
 
@@ -394,7 +408,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> 
     x, y = _inputs(base, cfg, device, gen)
 
     result = {"config": asdict(cfg), "machine": machine_info(device), "results": {}}
-    precisions = sorted({cfg.precision, cfg.ours_precision})
+    precisions = sorted({cfg.precision, cfg.ours_precision} | ({cfg.teacher_precision} - {"int8"}
+                                                               if cfg.teacher else set()))
     log(f"measuring the {'/'.join(precisions)} matmul peak on {device}")
     result["peak_matmul_tflops"] = peaks = {p: matmul_peak_tflops(precision_dtype(p), device) for p in precisions}
     for mode in MODES if cfg.mode == "both" else (cfg.mode,):
@@ -414,6 +429,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> 
             mode_result["ratio_vs_timm"] = mode_result["ours"]["images_per_s"] / mode_result[best]["images_per_s"]
         result["results"][mode] = mode_result
     return result
+
+
+def _pct(v: Optional[float]) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
 
 
 def format_report(result: dict) -> str:
@@ -436,6 +455,8 @@ def format_report(result: dict) -> str:
             if "compile_s" in r:
                 extra += f"  compile {r['compile_s']:.1f} s"
             mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+            if "student_mfu" in r:
+                mfu += f" (student {_pct(r['student_mfu'])}, teacher {_pct(r['teacher_mfu'])})"
             lines.append(f"  {name:18s} {r['precision']:4s} {r['images_per_s']:9.1f} img/s {r['ms_per_step']:9.1f} ms/step  "
                          f"mem {mem}  {r['gflops_per_image']:.3f} GFLOP/img  {r['achieved_tflops']:.3f} TFLOP/s  "
                          f"MFU {mfu}{extra}")

@@ -1,14 +1,15 @@
 """Speed helpers a training or evaluation loop calls; what each is worth is measured in docs/performance.md.
 
-    optimizer = make_optimizer_fast(param_groups, lr=..., weight_decay=...)   # fused AdamW where built
-    teacher = prepare_model_for_inference(teacher, "fp32")                     # frozen teacher, every step
-    fast = prepare_model_for_inference(model, "fp32")                          # evaluation / deployment
+    optimizer = make_optimizer_fast(param_groups, lr=..., weight_decay=...)  # fused AdamW where built
+    teacher = prepare_model_for_inference(teacher, "fp32")                    # frozen teacher, every step
+    teacher = quantize_for_inference(resnet_teacher, calibration_batches)     # int8 teacher (approximate)
+    evaluator = prepare_model_for_inference(model, "fp32")                    # evaluation / deployment
+    fastest_num_threads(lambda: train_step(batch))                            # 1 thread vs all cores
 
 `prepare_model_for_inference` returns a module with the same `DeiTOutput`: on CPU a fused path (oneDNN
 matmuls and convolutions with the bias, GELU / ReLU and residual add done in the kernel, BatchNorm folded
 into the convolutions, the ViT's last block computing only the tokens its heads read); elsewhere the model
-itself in eval mode and in the requested dtype. The wrapper shares the model's parameters (cast in place for
-bf16) and reads them at each call; it is for inference only (no autograd).
+itself in eval mode and in the requested dtype. Inference only (no autograd).
 """
 
 from __future__ import annotations
@@ -81,21 +82,24 @@ class CastInput(nn.Module):
 
 
 def prepare_model_for_inference(model: nn.Module, precision: str = "fp32", compile: bool = False) -> nn.Module:
-    """Frozen, eval-mode `model` in `precision` ('fp32' | 'bf16'), behind the fastest forward we have for it.
-    Inputs may be fp32: they are cast on entry. Outputs are a DeiTOutput in that dtype.
-    compile=True: torch.compile with inductor's weight freezing instead of the hand-fused path (its first call
+    """`model` in eval mode and `precision` ('fp32' | 'bf16'), behind the fastest inference forward we have
+    for it; call it under torch.no_grad / inference_mode. Inputs may be fp32 (cast on entry); a ViT or
+    SmallResNet returns a DeiTOutput in that dtype.
+
+    In place: the model is switched to eval mode and, for bf16, its parameters are cast (deep-copy a model you
+    keep training in fp32). A ViT's fused path reads the live parameters at every call, so it can evaluate a
+    model that is still training (in fp32); a ResNet's folds BatchNorm once (a frozen teacher).
+    compile=True: torch.compile with inductor's weight freezing instead of the hand-fused path (the first call
     compiles: tens of seconds)."""
     dtype = precision_dtype(precision)
-    model = model.eval().requires_grad_(False).to(dtype)
+    model = model.eval().to(dtype)
     if compile:
         return torch.compile(CastInput(model, dtype), options={"freezing": True})
-    if not _onednn_ok(model):
-        return CastInput(model, dtype)
-    if isinstance(model, VisionTransformer):
+    if _onednn_ok(model) and isinstance(model, VisionTransformer):
         return FusedViT(model)
-    if isinstance(model, SmallResNet):
+    if _onednn_ok(model) and isinstance(model, SmallResNet):
         return FusedResNet(model)
-    return model
+    return CastInput(model, dtype)
 
 
 # ----------------------------------------------------------------------------------------------- ViT
@@ -123,6 +127,7 @@ class FusedViT(nn.Module):
         self.model = model
 
     @torch.no_grad()
+    @torch.autocast("cpu", enabled=False)  # runs in the model's own dtype, also inside a caller's autocast
     def forward(self, x: torch.Tensor) -> DeiTOutput:
         m = self.model
         c = m.config
@@ -195,7 +200,7 @@ def quantize_for_inference(model: SmallResNet, calibration: Iterable[torch.Tenso
     import warnings
 
     if not isinstance(model, SmallResNet):
-        raise TypeError(f"int8 inference is implemented for SmallResNet teachers, not {type(model).__name__}")
+        raise ValueError(f"int8 inference is implemented for SmallResNet teachers, not {type(model).__name__}")
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
@@ -262,6 +267,7 @@ class FusedResNet(nn.Module):
             self.blocks.append(fused)
 
     @torch.no_grad()
+    @torch.autocast("cpu", enabled=False)
     def forward(self, x: torch.Tensor) -> DeiTOutput:
         m = self.model
         m.check_input(x)
