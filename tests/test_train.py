@@ -22,7 +22,9 @@ def small_config(tmp_path, name, **overrides):
 @pytest.fixture(scope="module")
 def cnn_teacher(tmp_path_factory, fmnist_dir):
     tmp = tmp_path_factory.mktemp("teacher")
-    config = small_config(tmp, "cnn", model="resnet8_small", lr=4e-3, drop_path=None, data_dir=fmnist_dir)
+    config = preset_config("cnn-small", epochs=3, batch_size=100, train_subset=3000, warmup_epochs=0.2,
+                           eval_every=100, progress=False, threads=2, precision="fp32",
+                           output=str(tmp / "cnn"), data_dir=fmnist_dir)
     return fit(config)
 
 
@@ -35,15 +37,16 @@ def test_cnn_teacher_learns(cnn_teacher):
                  "state.pt", "curves.png"):
         assert (run / name).exists(), name
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert all(0.0 <= r["data_wait_fraction"] < 1.0 and r["images_per_s"] > 0 for r in rows)
 
 
 def test_distilled_student_learns_from_cnn_teacher(cnn_teacher, tmp_path, fmnist_dir):
+    # A ViT needs more steps than the CNN: 360 steps of 50 images.
     config = small_config(tmp_path, "student", teacher=str(cnn_teacher.output), distillation="hard",
-                          epochs=3, data_dir=fmnist_dir)
+                          epochs=3, batch_size=50, train_subset=6000, data_dir=fmnist_dir)
     m = fit(config).metrics
-    assert m["top1"] > 55.0, m
+    assert m["top1"] > 50.0, m  # chance is 10 %
     for key in ("top1_cls", "top1_dist", "top1_teacher", "disagree_cls_dist", "disagree_logits_teacher"):
         assert key in m
     # The distillation head learns the teacher: it agrees with it more often than chance would.
