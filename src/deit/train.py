@@ -349,8 +349,10 @@ def fit(config: TrainConfig | None, resume: str | Path | None = None,
                                              num_classes=train_data.num_classes, in_chans=train_data.in_chans,
                                              img_size=train_data.img_size)
         teacher = teacher.to(device)
-        if device.type == "cpu":
-            teacher = teacher.to(memory_format=torch.channels_last)
+        if amp_dtype != torch.float16:  # the fused inference path (deit.speed) takes fp32 or bf16
+            from .speed import prepare_model_for_inference
+
+            teacher.model = prepare_model_for_inference(teacher.model, precision_name(amp_dtype))
     criterion = build_criterion(config)
     mixup = SeededMixup(config, train_data.num_classes) if config.mixing else None
     optimizer = build_optimizer(model, config, device)
