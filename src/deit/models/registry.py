@@ -36,21 +36,15 @@ for _distilled in (False, True):
                    embed_dim=768, depth=12, num_heads=12, distilled=_distilled)
 
 # Small-image presets: 28x28 grayscale (Fashion-MNIST, MNIST) and 32x32 RGB (CIFAR), patch 4.
-for _distilled in (False, True):
-    _d = "distilled_" if _distilled else ""
-    # ~0.46M params, 6 blocks of width 96: fits a 2-core CPU budget (the default pipeline student).
-    register_model(f"deit_micro_{_d}patch4_28", "vit", img_size=28, patch_size=4, in_chans=1,
-                   num_classes=10, embed_dim=96, depth=6, num_heads=3, mlp_ratio=2.0,
-                   distilled=_distilled, drop_path_rate=0.05)
-    register_model(f"deit_tiny_{_d}patch4_28", "vit", img_size=28, patch_size=4, in_chans=1,
-                   num_classes=10, embed_dim=192, depth=12, num_heads=3, distilled=_distilled,
-                   drop_path_rate=0.1)
-    register_model(f"deit_micro_{_d}patch4_32", "vit", img_size=32, patch_size=4, in_chans=3,
-                   num_classes=10, embed_dim=96, depth=6, num_heads=3, mlp_ratio=2.0,
-                   distilled=_distilled, drop_path_rate=0.05)
-    register_model(f"deit_tiny_{_d}patch4_32", "vit", img_size=32, patch_size=4, in_chans=3,
-                   num_classes=10, embed_dim=192, depth=12, num_heads=3, distilled=_distilled,
-                   drop_path_rate=0.1)
+# micro: ~0.46M params, 6 blocks of width 96, fits a 2-core CPU budget (the default pipeline student).
+_SMALL = {"micro": dict(embed_dim=96, depth=6, num_heads=3, mlp_ratio=2.0, drop_path_rate=0.05),
+          "tiny": dict(embed_dim=192, depth=12, num_heads=3, drop_path_rate=0.1)}
+for _img_size, _in_chans in ((28, 1), (32, 3)):
+    for _size, _arch in _SMALL.items():
+        for _distilled in (False, True):
+            register_model(f"deit_{_size}_{'distilled_' if _distilled else ''}patch4_{_img_size}", "vit",
+                           img_size=_img_size, patch_size=4, in_chans=_in_chans, num_classes=10,
+                           distilled=_distilled, **_arch)
 
 # CIFAR-style ResNets (6n+2 layers) for 28-32 px inputs: the convnet teachers.
 register_model("resnet8_tiny", "resnet", blocks_per_stage=(1, 1, 1), width=16)
