@@ -1,7 +1,6 @@
 """The training engine on real Fashion-MNIST: it learns, distils, resumes exactly; CLI train/eval."""
 
 import json
-import math
 
 import pytest
 import torch

@@ -13,6 +13,9 @@ from .models import (
 )
 
 __version__ = "0.1.0"
+__all__ = ["COMBINE_RULES", "DeiTOutput", "ResNetConfig", "SmallResNet", "ViTConfig", "VisionTransformer",
+           "count_parameters", "create_model", "list_models", "load_checkpoint", "resample_pos_embed",
+           "save_model", "convert_checkpoint"]
 
 
 def __getattr__(name):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import PRESETS, TrainConfig, preset_config
+from .config import TrainConfig, preset_config
 
 
 @dataclass(frozen=True)

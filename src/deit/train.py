@@ -111,13 +111,11 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    kwargs: dict[str, Any] = dict(lr=scaled_lr(config), eps=config.opt_eps, betas=(0.9, 0.999))
-    # The fused kernel is the fastest AdamW on CPU and CUDA alike; fall back where it isn't built.
-    try:
-        return torch.optim.AdamW(param_groups(model, config.weight_decay), fused=True, **kwargs)
-    except (RuntimeError, TypeError):
-        return torch.optim.AdamW(param_groups(model, config.weight_decay), **kwargs)
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    from .speed import make_optimizer_fast
+
+    return make_optimizer_fast(param_groups(model, config.weight_decay), lr=scaled_lr(config),
+                               eps=config.opt_eps, betas=(0.9, 0.999))
 
 
 # ----------------------------------------------------------------------------- model, data, loss
@@ -355,7 +353,7 @@ def fit(config: TrainConfig | None, resume: str | Path | None = None,
             teacher.model = prepare_model_for_inference(teacher.model, precision_name(amp_dtype))
     criterion = build_criterion(config)
     mixup = SeededMixup(config, train_data.num_classes) if config.mixing else None
-    optimizer = build_optimizer(model, config, device)
+    optimizer = build_optimizer(model, config)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     ema = None
     if config.ema:

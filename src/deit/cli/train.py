@@ -32,8 +32,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=f.name, type=parse, default=argparse.SUPPRESS, help=help_text)
 
 
-def config_from_args(args) -> "TrainConfig":
-    from deit.config import PRESETS, TrainConfig, preset_config
+def config_from_args(args):
+    from deit.config import TrainConfig, preset_config
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in names}

@@ -6,8 +6,7 @@ Every forward returns a `DeiTOutput` whose fields do not change between train an
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
