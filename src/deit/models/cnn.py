@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .vit import DeiTOutput
+from .vit import DeiTOutput, with_overrides
 
 
 @dataclass(frozen=True)
@@ -56,11 +56,7 @@ class BasicBlock(nn.Module):
 class SmallResNet(nn.Module):
     def __init__(self, config: ResNetConfig | None = None, **kwargs):
         super().__init__()
-        if config is None:
-            config = ResNetConfig(**kwargs)
-        elif kwargs:
-            config = ResNetConfig(**{**config.to_dict(), **kwargs})
-        self.config = config
+        self.config = config = with_overrides(ResNetConfig, config, kwargs)
         w = config.width
         self.stem = nn.Sequential(
             nn.Conv2d(config.in_chans, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)

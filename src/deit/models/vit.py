@@ -70,6 +70,13 @@ class ViTConfig:
         return d
 
 
+def with_overrides(config_cls, config, overrides: dict):
+    """`config` (or the defaults of `config_cls`) with keyword overrides applied."""
+    if config is None:
+        return config_cls(**overrides)
+    return config_cls(**{**config.to_dict(), **overrides}) if overrides else config
+
+
 @dataclass
 class DeiTOutput:
     """Named outputs. `logits` is the prediction to use; for a distilled model it combines both heads
@@ -192,12 +199,7 @@ class VisionTransformer(nn.Module):
 
     def __init__(self, config: ViTConfig | None = None, **kwargs):
         super().__init__()
-        if config is None:
-            config = ViTConfig(**kwargs)
-        elif kwargs:
-            config = ViTConfig(**{**config.to_dict(), **kwargs})
-        self.config = config
-        c = config
+        self.config = c = with_overrides(ViTConfig, config, kwargs)
         D = c.embed_dim
         self.patch_embed = PatchEmbed(c.patch_size, c.in_chans, D)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
