@@ -35,15 +35,22 @@ for _distilled in (False, True):
     register_model(f"deit_base_{'distilled_' if _distilled else ''}patch16_384", "vit", img_size=384,
                    embed_dim=768, depth=12, num_heads=12, distilled=_distilled)
 
-# Small-image presets: 28x28 grayscale (Fashion-MNIST, MNIST) and 32x32 RGB (CIFAR), patch 4.
-# micro: ~0.46M params, 6 blocks of width 96, fits a 2-core CPU budget (the default pipeline student).
-_SMALL = {"micro": dict(embed_dim=96, depth=6, num_heads=3, mlp_ratio=2.0, drop_path_rate=0.05),
-          "tiny": dict(embed_dim=192, depth=12, num_heads=3, drop_path_rate=0.1)}
-for _img_size, _in_chans in ((28, 1), (32, 3)):
-    for _size, _arch in _SMALL.items():
+# Small-image presets: 28x28 grayscale (Fashion-MNIST, MNIST) and 32x32 RGB (CIFAR).
+# micro: ~0.46M params, 6 blocks of width 96 on 4-px patches (49 tokens).
+# mini: ~1.8M params, 6 blocks of width 192 on a 4x4 grid of patches (16 tokens): on a 2-core CPU it trains
+#   at the speed of micro and learns faster per image (87.3 vs 85.1 % after 3 epochs), so it is the
+#   default pipeline student.
+# tiny: DeiT-Ti's blocks on 4-px patches.
+_SMALL = (  # (size, patch size for 28 px, for 32 px, architecture)
+    ("micro", 4, 4, dict(embed_dim=96, depth=6, num_heads=3, mlp_ratio=2.0, drop_path_rate=0.05)),
+    ("mini", 7, 8, dict(embed_dim=192, depth=6, num_heads=3, mlp_ratio=2.0, drop_path_rate=0.05)),
+    ("tiny", 4, 4, dict(embed_dim=192, depth=12, num_heads=3, drop_path_rate=0.1)),
+)
+for _size, _patch28, _patch32, _arch in _SMALL:
+    for _img_size, _in_chans, _patch in ((28, 1, _patch28), (32, 3, _patch32)):
         for _distilled in (False, True):
-            register_model(f"deit_{_size}_{'distilled_' if _distilled else ''}patch4_{_img_size}", "vit",
-                           img_size=_img_size, patch_size=4, in_chans=_in_chans, num_classes=10,
+            register_model(f"deit_{_size}_{'distilled_' if _distilled else ''}patch{_patch}_{_img_size}", "vit",
+                           img_size=_img_size, patch_size=_patch, in_chans=_in_chans, num_classes=10,
                            distilled=_distilled, **_arch)
 
 # CIFAR-style ResNets (6n+2 layers) for 28-32 px inputs: the convnet teachers.
