@@ -143,7 +143,7 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
 
 
 def test_imagefolder_of_real_images_trains_at_its_own_size(tmp_path, fmnist_dir):
-    """An image folder (PNG files of real Fashion-MNIST images, 2 classes) resized to 32 px: the model is
+    """An image folder (PNG files of real Fashion-MNIST images, 2 classes) resized to 21 px: the model is
     built for the data's size and channels, and the run directory records them."""
     from PIL import Image
 
@@ -157,10 +157,10 @@ def test_imagefolder_of_real_images_trains_at_its_own_size(tmp_path, fmnist_dir)
             indices = (source.labels == label).nonzero().flatten()[start:stop]
             for i in indices.tolist():
                 Image.fromarray(source.images[i, 0].numpy(), mode="L").save(folder / f"{i}.png")
-    config = small_config(tmp_path, "folder_run", data=f"imagefolder:{tmp_path / 'folder'}", img_size=32,
+    config = small_config(tmp_path, "folder_run", data=f"imagefolder:{tmp_path / 'folder'}", img_size=21,
                           train_subset=None, epochs=3, batch_size=50)
     result = fit(config)
     saved = json.loads((result.output / "config.json").read_text())
-    assert saved["model"]["config"]["img_size"] == [32, 32] and saved["model"]["config"]["num_classes"] == 2
+    assert saved["model"]["config"]["img_size"] == [21, 21] and saved["model"]["config"]["num_classes"] == 2
     assert saved["preprocessing"]["in_chans"] == 1
     assert result.metrics["num_images"] == 200 and result.metrics["top1"] > 80.0
