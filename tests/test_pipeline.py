@@ -8,7 +8,7 @@ import pytest
 from deit.cli import build_parser
 from deit.cli.train import config_from_args
 from deit.pipeline import run_pipeline
-from deit.reproduce import STUDIES, row_config, train_command
+from deit.reproduce import STUDIES, row_config, run_study, train_command
 
 
 def test_pipeline_trains_teacher_then_student_and_reuses_them(tmp_path, fmnist_dir, capsys):
@@ -45,3 +45,29 @@ def test_reproduce_commands_rebuild_the_same_configs(study, tmp_path):
         command = train_command(config, row.preset)
         args = build_parser().parse_args(shlex.split(command)[1:])
         assert config_from_args(args).replace(progress=True) == config.replace(progress=True), command
+
+
+def test_reproduce_writes_tables_plot_and_commands_and_reuses_runs(tmp_path, fmnist_dir, capsys):
+    """The whole fmnist-cpu study at toy scale (200 training images, one epoch per run): every row of
+    Tables 2-4 is filled from real runs, commands.txt lists each run once, and a second call trains nothing."""
+    toy = dict(data_dir=fmnist_dir, train_subset=200, epochs=1, batch_size=50, warmup_epochs=0.1,
+               progress=False, threads=2, precision="fp32")
+    out, runs = tmp_path / "results", tmp_path / "runs"
+    first = run_study("fmnist-cpu", output=out, runs_dir=runs, **toy)
+    study = STUDIES["fmnist-cpu"]
+    assert set(first["teachers"]) == {t.key for t in study.teachers}
+    assert all(len(first["rows"][r.key]["runs"]) == len(study.seeds) for r in study.rows)
+    readme = (out / "README.md").read_text()
+    for heading in ("## Table 3", "## Table 2", "## Table 4"):
+        assert heading in readme
+    cls_head = [run["top1_cls"] for run in first["rows"]["token"]["runs"]]
+    mean, std = sum(cls_head) / 2, abs(cls_head[0] - cls_head[1]) / 2 ** 0.5  # sample std of two values
+    assert f"| distillation token (hard): class head | {mean:.2f} ± {std:.2f} |" in readme
+    assert (out / "plot.png").read_bytes()[:4] == b"\x89PNG"
+    commands = (out / "commands.txt").read_text().splitlines()
+    assert len(commands) == len(study.teachers) + len(study.rows) * len(study.seeds) == len(set(commands))
+    assert len(first["disagreement"]) == 10 and all(0 <= v <= 1 for v in first["disagreement"].values())
+    capsys.readouterr()
+    second = run_study("fmnist-cpu", output=out, runs_dir=runs, **toy)
+    assert capsys.readouterr().out.count("reusing the finished run") == len(commands)
+    assert second["table"] == first["table"]

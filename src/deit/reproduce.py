@@ -146,17 +146,23 @@ def run_study(name: str, output: str | Path | None = None, runs_dir: str | Path 
     output.mkdir(parents=True, exist_ok=True)
     commands: list[str] = []
     results: dict[str, Any] = {"teachers": {}, "rows": {}}
-    for teacher in study.teachers:
-        config = row_config(study, teacher, 0, runs_dir, **execution)
-        commands.append(train_command(config, teacher.preset))
-        results["teachers"][teacher.key] = {"label": teacher.label, **fit_or_reuse(config).metrics}
-    for row in study.rows:
-        per_seed = []
-        for seed in study.seeds:
-            config = row_config(study, row, seed, runs_dir, **execution)
-            commands.append(train_command(config, row.preset))
-            per_seed.append(fit_or_reuse(config).metrics)
-        results["rows"][row.key] = {"label": row.label, "seeds": list(study.seeds), "runs": per_seed}
+    teachers = {t.key: t for t in study.teachers}
+
+    def train(row: Row, seed: int) -> dict[str, Any]:
+        config = row_config(study, row, seed, runs_dir, **execution)
+        commands.append(train_command(config, row.preset))
+        return fit_or_reuse(config).metrics
+
+    # Seeds outermost and each teacher just before its first student, so a run cut short (the preset spans
+    # sessions) has already finished every row once.
+    for seed in study.seeds:
+        for row in study.rows:
+            if row.teacher is not None and row.teacher not in results["teachers"]:
+                results["teachers"][row.teacher] = {"label": teachers[row.teacher].label,
+                                                    **train(teachers[row.teacher], 0)}
+            entry = results["rows"].setdefault(row.key, {"label": row.label, "seeds": list(study.seeds),
+                                                         "runs": []})
+            entry["runs"].append(train(row, seed))
     (output / "commands.txt").write_text("\n".join(commands) + "\n")
     results["table"] = render_tables(study, results, runs_dir, **execution)
     (output / "results.json").write_text(json.dumps(results, indent=2, default=str))
