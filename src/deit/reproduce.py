@@ -135,7 +135,8 @@ def _mean_std(values: list[float]) -> str:
 
 def run_study(name: str, output: str | Path | None = None, runs_dir: str | Path | None = None,
               **execution: Any) -> dict[str, Any]:
-    """Train every row of a study (reusing finished runs), then write its tables, plot and commands."""
+    """Train every row of a study (reusing finished runs), writing its tables, plot and commands to `output`
+    after every student run."""
     from .train import fit_or_reuse
 
     if name not in STUDIES:
@@ -153,21 +154,24 @@ def run_study(name: str, output: str | Path | None = None, runs_dir: str | Path 
         commands.append(train_command(config, row.preset))
         return fit_or_reuse(config).metrics
 
+    def write_outputs() -> None:
+        (output / "commands.txt").write_text("\n".join(commands) + "\n")
+        results["table"] = render_tables(study, results, runs_dir, **execution)
+        (output / "results.json").write_text(json.dumps(results, indent=2, default=str))
+        (output / "README.md").write_text(results["table"])
+        plot_study(study, results, output / "plot.png")
+
     # Seeds outermost and each teacher just before its first student, so a run cut short (the preset spans
-    # sessions) has already finished every row once.
+    # sessions) has already finished every row once; the outputs are rewritten after every student run.
     for seed in study.seeds:
         for row in study.rows:
             if row.teacher is not None and row.teacher not in results["teachers"]:
                 results["teachers"][row.teacher] = {"label": teachers[row.teacher].label,
                                                     **train(teachers[row.teacher], 0)}
-            entry = results["rows"].setdefault(row.key, {"label": row.label, "seeds": list(study.seeds),
-                                                         "runs": []})
+            entry = results["rows"].setdefault(row.key, {"label": row.label, "seeds": [], "runs": []})
             entry["runs"].append(train(row, seed))
-    (output / "commands.txt").write_text("\n".join(commands) + "\n")
-    results["table"] = render_tables(study, results, runs_dir, **execution)
-    (output / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    (output / "README.md").write_text(results["table"])
-    plot_study(study, results, output / "plot.png")
+            entry["seeds"].append(seed)
+            write_outputs()
     return results
 
 
@@ -175,6 +179,8 @@ def _rows_for_table3(study: Study, results: dict) -> list[tuple[str, str, list[f
     """(label, key, top-1 per seed) rows; the token row expands to class / dist / class+dist heads."""
     table = []
     for row in study.rows:
+        if row.key not in results["rows"]:
+            continue  # not trained yet
         runs = results["rows"][row.key]["runs"]
         if row.options.get("model") == DISTILLED_STUDENT:
             for head, suffix in (("class head", "top1_cls"), ("dist. head", "top1_dist"), ("class+dist", "top1")):
@@ -211,9 +217,15 @@ def disagreement_table(study: Study, runs_dir: Path, **execution: Any) -> dict[s
 
 def render_tables(study: Study, results: dict, runs_dir: Path, **execution: Any) -> str:
     seeds = ", ".join(str(s) for s in study.seeds)
+    done = sum(len(r["runs"]) for r in results["rows"].values())
+    planned = len(study.rows) * len(study.seeds)
     lines = [f"# `deit reproduce --preset {study.name}`", "",
              f"Fashion-MNIST test set (10,000 images), top-1 %, mean ± std over seeds {seeds}. "
-             "Exact commands: commands.txt.", "", "## Teachers", "", "| teacher | params | top-1 |", "|---|---|---|"]
+             "Exact commands: commands.txt."]
+    if done < planned:
+        lines += ["", f"**Partial: {done} of {planned} student runs finished** (rerun the command to continue); "
+                      "a value without ± comes from one seed."]
+    lines += ["", "## Teachers", "", "| teacher | params | top-1 |", "|---|---|---|"]
     for key, t in results["teachers"].items():
         lines.append(f"| {t['label']} | {t['params']:,} | {t['top1']:.2f} |")
     if study.name.endswith("data-efficiency"):
@@ -230,10 +242,13 @@ def render_tables(study: Study, results: dict, runs_dir: Path, **execution: Any)
     lines += ["", "## Table 2: teacher choice (student with distillation token, class+dist)", "",
               "| teacher | teacher top-1 | student top-1 |", "|---|---|---|"]
     for row_key, teacher_key in (("token", "teacher-cnn"), ("token-vit-teacher", "teacher-vit")):
+        if row_key not in results["rows"]:
+            continue
         runs = results["rows"][row_key]["runs"]
         t = results["teachers"][teacher_key]
         lines.append(f"| {t['label']} | {t['top1']:.2f} | {_mean_std([r['top1'] for r in runs])} |")
-    disagreement = disagreement_table(study, runs_dir, **execution)
+    # Seed-0 runs never change once finished: compute the table once.
+    disagreement = results.get("disagreement") or disagreement_table(study, runs_dir, **execution)
     if disagreement:
         results["disagreement"] = disagreement
         lines += ["", "## Table 4: disagreement rate on the test set (seed 0)", "", "| pair | rate |", "|---|---|"]
@@ -259,11 +274,12 @@ def plot_study(study: Study, results: dict, png: Path) -> None:
                    label=f"{t['label']} ({t['top1']:.2f})")
     ax.set_yticks(range(len(rows)), labels)
     ax.invert_yaxis()
-    low = min(min(means), *(t["top1"] for t in results["teachers"].values()))
-    ax.set_xlim(low - 2, 100 if low > 95 else max(max(means), *(t["top1"] for t in results["teachers"].values())) + 1)
+    values = means + [t["top1"] for t in results["teachers"].values()]
+    ax.set_xlim(min(values) - 2, 100 if min(values) > 95 else max(values) + 1)
     ax.set_xlabel("top-1 % (Fashion-MNIST test)")
     ax.set_title(f"deit reproduce --preset {study.name}")
-    ax.legend(loc="lower right", fontsize=8)
+    if results["teachers"]:
+        ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
