@@ -114,6 +114,8 @@ def test_weight_decay_exemptions_follow_the_official_code():
 def test_bad_config_is_one_clear_error():
     with pytest.raises(ValueError, match="needs a --teacher"):
         TrainConfig(distillation="hard")
+    with pytest.raises(ValueError, match="unused with --distillation none"):
+        TrainConfig(teacher="runs/teacher")
     with pytest.raises(ValueError, match="even batch_size"):
         TrainConfig(batch_size=33)
     with pytest.raises(ValueError, match="unknown preset"):

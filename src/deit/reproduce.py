@@ -225,7 +225,8 @@ def render_tables(study: Study, results: dict, runs_dir: Path, **execution: Any)
     if done < planned:
         lines += ["", f"**Partial: {done} of {planned} student runs finished** (rerun the command to continue); "
                       "a value without ± comes from one seed."]
-    lines += ["", "## Teachers", "", "| teacher | params | top-1 |", "|---|---|---|"]
+    if results["teachers"]:
+        lines += ["", "## Teachers", "", "| teacher | params | top-1 |", "|---|---|---|"]
     for key, t in results["teachers"].items():
         lines.append(f"| {t['label']} | {t['params']:,} | {t['top1']:.2f} |")
     if study.name.endswith("data-efficiency"):
@@ -239,13 +240,13 @@ def render_tables(study: Study, results: dict, runs_dir: Path, **execution: Any)
     table3 = [r for r in _rows_for_table3(study, results) if r[1] != "token-vit-teacher"]
     for label, _, values in table3:
         lines.append(f"| {label} | {_mean_std(values)} |")
-    lines += ["", "## Table 2: teacher choice (student with distillation token, class+dist)", "",
-              "| teacher | teacher top-1 | student top-1 |", "|---|---|---|"]
-    for row_key, teacher_key in (("token", "teacher-cnn"), ("token-vit-teacher", "teacher-vit")):
-        if row_key not in results["rows"]:
-            continue
-        runs = results["rows"][row_key]["runs"]
-        t = results["teachers"][teacher_key]
+    table2 = [(results["teachers"][teacher_key], results["rows"][row_key]["runs"])
+              for row_key, teacher_key in (("token", "teacher-cnn"), ("token-vit-teacher", "teacher-vit"))
+              if row_key in results["rows"]]
+    if table2:
+        lines += ["", "## Table 2: teacher choice (student with distillation token, class+dist)", "",
+                  "| teacher | teacher top-1 | student top-1 |", "|---|---|---|"]
+    for t, runs in table2:
         lines.append(f"| {t['label']} | {t['top1']:.2f} | {_mean_std([r['top1'] for r in runs])} |")
     # Seed-0 runs never change once finished: compute the table once.
     disagreement = results.get("disagreement") or disagreement_table(study, runs_dir, **execution)
