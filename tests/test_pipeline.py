@@ -8,7 +8,7 @@ import pytest
 from deit.cli import build_parser
 from deit.cli.train import config_from_args
 from deit.pipeline import run_pipeline
-from deit.reproduce import STUDIES, row_config, run_study, train_command
+from deit.reproduce import STUDIES, plot_study, render_tables, row_config, run_study, train_command
 
 
 def test_pipeline_trains_teacher_then_student_and_reuses_them(tmp_path, fmnist_dir, capsys):
@@ -71,3 +71,20 @@ def test_reproduce_writes_tables_plot_and_commands_and_reuses_runs(tmp_path, fmn
     second = run_study("fmnist-cpu", output=out, runs_dir=runs, **toy)
     assert capsys.readouterr().out.count("reusing the finished run") == len(commands)
     assert second["table"] == first["table"]
+
+
+def test_data_efficiency_table_pairs_each_fraction_with_its_teacher_and_runs(tmp_path):
+    """The data-efficiency table and plot pivot the study's runs by fraction; missing runs leave blanks."""
+    study = STUDIES["fmnist-data-efficiency"]
+    assert {r.key for r in study.rows} == {f"{kind}-{pct}pct" for kind in ("none", "token") for pct in (10, 25, 100)}
+    results = {"teachers": {"teacher-cnn-10pct": {"label": "t", "params": 1, "top1": 85.0},
+                            "teacher-cnn-100pct": {"label": "t", "params": 1, "top1": 91.0}},
+               "rows": {"none-10pct": {"runs": [{"top1": 80.0}]},
+                        "token-10pct": {"runs": [{"top1": 82.5, "top1_cls": 82.0, "top1_dist": 82.25}]},
+                        "none-100pct": {"runs": [{"top1": 89.0}]}}}
+    table = render_tables(study, results, tmp_path)
+    assert "| 10 % | 85.00 | 80.00 | 82.00 / 82.25 / 82.50 | +2.50 |" in table
+    assert "| 25 % |  |  |  |  |" in table and "| 100 % | 91.00 | 89.00 |  |  |" in table
+    assert "Partial: 3 of 6" in table
+    plot_study(study, results, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"

@@ -216,11 +216,11 @@ def disagreement_table(study: Study, runs_dir: Path, **execution: Any) -> dict[s
 
 
 def render_tables(study: Study, results: dict, runs_dir: Path, **execution: Any) -> str:
-    seeds = ", ".join(str(s) for s in study.seeds)
+    seeds = ("seeds " if len(study.seeds) > 1 else "seed ") + ", ".join(str(s) for s in study.seeds)
     done = sum(len(r["runs"]) for r in results["rows"].values())
     planned = len(study.rows) * len(study.seeds)
     lines = [f"# `deit reproduce --preset {study.name}`", "",
-             f"Fashion-MNIST test set (10,000 images), top-1 %, mean ± std over seeds {seeds}. "
+             f"Fashion-MNIST test set (10,000 images), top-1 %, mean ± std over {seeds}. "
              "Exact commands: commands.txt."]
     if done < planned:
         lines += ["", f"**Partial: {done} of {planned} student runs finished** (rerun the command to continue); "
@@ -230,10 +230,18 @@ def render_tables(study: Study, results: dict, runs_dir: Path, **execution: Any)
     for key, t in results["teachers"].items():
         lines.append(f"| {t['label']} | {t['params']:,} | {t['top1']:.2f} |")
     if study.name.endswith("data-efficiency"):
-        lines += ["", "## Data efficiency (same number of optimizer steps)", "",
-                  "| run | top-1 |", "|---|---|"]
-        for label, _, values in _rows_for_table3(study, results):
-            lines.append(f"| {label} | {_mean_std(values)} |")
+        lines += ["", "## Data efficiency (every run takes the same number of optimizer steps)", "",
+                  f"Each fraction's teacher ({CNN_TEACHER}) is trained on the same subset as its students.", "",
+                  "| training data | teacher | no distillation | distillation token: class / dist / class+dist "
+                  "| token − none |", "|---|---|---|---|---|"]
+        for pct, teacher, none, token in data_efficiency_points(results):
+            cells = [f"{pct} %", f"{teacher:.2f}" if teacher is not None else "",
+                     _mean_std([r["top1"] for r in none]) if none else ""]
+            cells.append(" / ".join(_mean_std([r[k] for r in token]) for k in ("top1_cls", "top1_dist", "top1"))
+                         if token else "")
+            gain = _mean_top1(token) - _mean_top1(none) if none and token else None
+            cells.append(f"{gain:+.2f}" if gain is not None else "")
+            lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
     lines += ["", f"## Table 3: distillation variants (students {STUDENT} / {DISTILLED_STUDENT})", "",
               "| method | top-1 |", "|---|---|"]
@@ -258,7 +266,54 @@ def render_tables(study: Study, results: dict, runs_dir: Path, **execution: Any)
     return "\n".join(lines) + "\n"
 
 
+def _mean_top1(runs: list[dict]) -> float | None:
+    return statistics.mean(r["top1"] for r in runs) if runs else None
+
+
+def data_efficiency_points(results: dict) -> list[tuple[int, float | None, list[dict], list[dict]]]:
+    """(percent of the training set, teacher top-1, no-distillation runs, token runs) per fraction."""
+    points = []
+    for fraction in DATA_FRACTIONS:
+        pct = int(fraction * 100)
+        teacher = results["teachers"].get(f"teacher-cnn-{pct}pct")
+        runs = [results["rows"].get(f"{kind}-{pct}pct", {}).get("runs", []) for kind in ("none", "token")]
+        points.append((pct, teacher["top1"] if teacher else None, *runs))
+    return points
+
+
+def plot_data_efficiency(study: Study, results: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    points = data_efficiency_points(results)
+    series = (("teacher", "convnet teacher (same subset)", "#c44e52", "--"),
+              ("none", "student, no distillation", "#4c72b0", "-"),
+              ("token", "student, distillation token (class+dist)", "#55a868", "-"))
+    for key, label, color, style in series:
+        values = {pct: teacher if key == "teacher" else _mean_top1(none if key == "none" else token)
+                  for pct, teacher, none, token in points}
+        xs = [pct for pct, value in values.items() if value is not None]
+        ax.plot(xs, [values[x] for x in xs], style, marker="o", color=color, label=label)
+    ax.set_xscale("log")
+    ax.set_xlim(min(DATA_FRACTIONS) * 80, 125)
+    ax.set_xticks([pct for pct, *_ in points], [f"{pct} %" for pct, *_ in points])
+    ax.minorticks_off()
+    ax.set_xlabel("fraction of the Fashion-MNIST training set (same optimizer steps)")
+    ax.set_ylabel("top-1 % (test set)")
+    ax.set_title(f"deit reproduce --preset {study.name}")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
 def plot_study(study: Study, results: dict, png: Path) -> None:
+    if study.name.endswith("data-efficiency"):
+        return plot_data_efficiency(study, results, png)
     import matplotlib
 
     matplotlib.use("Agg")
