@@ -190,29 +190,50 @@ def _rows_for_table3(study: Study, results: dict) -> list[tuple[str, str, list[f
     return table
 
 
-def disagreement_table(study: Study, runs_dir: Path, **execution: Any) -> dict[str, float]:
-    """Paper Table 4 on the val set, seed 0: teacher, class head, dist head, class+dist, no distillation."""
+def test_set_predictions(run_dirs: dict[str, Path], **execution: Any) -> dict[str, dict[str, Any]]:
+    """Predictions (logits, and cls/dist for a distilled model) of finished runs on the val/test split."""
     from .checkpoint import load_checkpoint
     from .data import BatchLoader
     from .train import load_split, predict, resolve_device, resolve_precision
 
+    config = TrainConfig.from_dict(json.loads((next(iter(run_dirs.values())) / "config.json").read_text())["train"])
+    device = resolve_device(execution.get("device", "auto"))
+    amp = resolve_precision(execution.get("precision", "auto"), device)
+    loader = BatchLoader(load_split(config, "val"), 500, train=False, device=device)
+    return {name: predict(load_checkpoint(run_dir).model.to(device), loader, device, amp)
+            for name, run_dir in run_dirs.items()}
+
+
+def _disagreement(a, b) -> float:
+    return float((a.argmax(1) != b.argmax(1)).float().mean())
+
+
+def disagreement_table(study: Study, runs_dir: Path, **execution: Any) -> dict[str, float]:
+    """Paper Table 4 on the val set, seed 0: teacher, class head, dist head, class+dist, no distillation."""
     token_dir, none_dir = runs_dir / "token-s0", runs_dir / "none-s0"
     if not (token_dir / "metrics.json").exists() or not (none_dir / "metrics.json").exists():
         return {}
-    config = TrainConfig.from_dict(json.loads((token_dir / "config.json").read_text())["train"])
-    device = resolve_device(execution.get("device", "auto"))
-    amp = resolve_precision(execution.get("precision", "auto"), device)
-    val = load_split(config, "val")
-    loader = BatchLoader(val, 500, train=False, device=device)
-    token = predict(load_checkpoint(token_dir).model.to(device), loader, device, amp)
-    teacher_pred = predict(load_checkpoint(Path(config.teacher)).model.to(device), loader, device, amp)
-    none_pred = predict(load_checkpoint(none_dir).model.to(device), loader, device, amp)
-    preds = {"teacher": teacher_pred["logits"], "class": token["cls"], "dist": token["dist"],
-             "class+dist": token["logits"], "no distillation": none_pred["logits"]}
-    argmax = {k: v.argmax(1) for k, v in preds.items()}
-    names = list(argmax)
-    return {f"{a} vs {b}": float((argmax[a] != argmax[b]).float().mean())
-            for i, a in enumerate(names) for b in names[i + 1:]}
+    teacher_dir = Path(TrainConfig.from_dict(json.loads((token_dir / "config.json").read_text())["train"]).teacher)
+    p = test_set_predictions({"token": token_dir, "teacher": teacher_dir, "none": none_dir}, **execution)
+    preds = {"teacher": p["teacher"]["logits"], "class": p["token"]["cls"], "dist": p["token"]["dist"],
+             "class+dist": p["token"]["logits"], "no distillation": p["none"]["logits"]}
+    names = list(preds)
+    return {f"{a} vs {b}": _disagreement(preds[a], preds[b]) for i, a in enumerate(names) for b in names[i + 1:]}
+
+
+def teacher_disagreement_by_fraction(runs_dir: Path, known: dict, **execution: Any) -> dict[str, dict[str, float]]:
+    """Data efficiency, seed 0: how often each fraction's teacher disagrees with its two students (fractions
+    in `known` are not recomputed: finished runs never change)."""
+    table = dict(known)
+    for fraction in DATA_FRACTIONS:
+        pct = f"{int(fraction * 100)}pct"
+        if pct in table:
+            continue
+        dirs = {k: runs_dir / f"{k}-{pct}-s0" for k in ("teacher-cnn", "none", "token")}
+        if all((d / "metrics.json").exists() for d in dirs.values()):
+            p = test_set_predictions(dirs, **execution)
+            table[pct] = {k: _disagreement(p["teacher-cnn"]["logits"], p[k]["logits"]) for k in ("none", "token")}
+    return table
 
 
 def render_tables(study: Study, results: dict, runs_dir: Path, **execution: Any) -> str:
@@ -233,7 +254,10 @@ def render_tables(study: Study, results: dict, runs_dir: Path, **execution: Any)
         lines += ["", "## Data efficiency (every run takes the same number of optimizer steps)", "",
                   f"Each fraction's teacher ({CNN_TEACHER}) is trained on the same subset as its students.", "",
                   "| training data | teacher | no distillation | distillation token: class / dist / class+dist "
-                  "| token − none |", "|---|---|---|---|---|"]
+                  "| token − none | teacher disagrees with none / token (% of test images) |",
+                  "|---|---|---|---|---|---|"]
+        agreement = teacher_disagreement_by_fraction(runs_dir, results.get("teacher_disagreement", {}), **execution)
+        results["teacher_disagreement"] = agreement
         for pct, teacher, none, token in data_efficiency_points(results):
             cells = [f"{pct} %", f"{teacher:.2f}" if teacher is not None else "",
                      _mean_std([r["top1"] for r in none]) if none else ""]
@@ -241,6 +265,8 @@ def render_tables(study: Study, results: dict, runs_dir: Path, **execution: Any)
                          if token else "")
             gain = _mean_top1(token) - _mean_top1(none) if none and token else None
             cells.append(f"{gain:+.2f}" if gain is not None else "")
+            rates = agreement.get(f"{pct}pct")
+            cells.append(f"{100 * rates['none']:.1f} / {100 * rates['token']:.1f}" if rates else "")
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
     lines += ["", f"## Table 3: distillation variants (students {STUDENT} / {DISTILLED_STUDENT})", "",
