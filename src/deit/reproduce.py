@@ -190,7 +190,7 @@ def _rows_for_table3(study: Study, results: dict) -> list[tuple[str, str, list[f
     return table
 
 
-def test_set_predictions(run_dirs: dict[str, Path], **execution: Any) -> dict[str, dict[str, Any]]:
+def predict_runs(run_dirs: dict[str, Path], **execution: Any) -> dict[str, dict[str, Any]]:
     """Predictions (logits, and cls/dist for a distilled model) of finished runs on the val/test split."""
     from .checkpoint import load_checkpoint
     from .data import BatchLoader
@@ -214,7 +214,7 @@ def disagreement_table(study: Study, runs_dir: Path, **execution: Any) -> dict[s
     if not (token_dir / "metrics.json").exists() or not (none_dir / "metrics.json").exists():
         return {}
     teacher_dir = Path(TrainConfig.from_dict(json.loads((token_dir / "config.json").read_text())["train"]).teacher)
-    p = test_set_predictions({"token": token_dir, "teacher": teacher_dir, "none": none_dir}, **execution)
+    p = predict_runs({"token": token_dir, "teacher": teacher_dir, "none": none_dir}, **execution)
     preds = {"teacher": p["teacher"]["logits"], "class": p["token"]["cls"], "dist": p["token"]["dist"],
              "class+dist": p["token"]["logits"], "no distillation": p["none"]["logits"]}
     names = list(preds)
@@ -231,7 +231,7 @@ def teacher_disagreement_by_fraction(runs_dir: Path, known: dict, **execution: A
             continue
         dirs = {k: runs_dir / f"{k}-{pct}-s0" for k in ("teacher-cnn", "none", "token")}
         if all((d / "metrics.json").exists() for d in dirs.values()):
-            p = test_set_predictions(dirs, **execution)
+            p = predict_runs(dirs, **execution)
             table[pct] = {k: _disagreement(p["teacher-cnn"]["logits"], p[k]["logits"]) for k in ("none", "token")}
     return table
 
