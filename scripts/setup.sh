@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything deit needs on a fresh Debian/Ubuntu machine with Python 3.11; safe to run again.
 #   scripts/setup.sh          runtime: the Fashion-MNIST package, .venv, torch, deit
-#   scripts/setup.sh --test   the same plus the test extras (pytest, transformers, onnxruntime)
+#   scripts/setup.sh --test   the same plus the test extras (pytest, transformers, onnxscript, onnxruntime)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

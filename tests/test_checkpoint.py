@@ -30,17 +30,10 @@ from deit.checkpoint import (
 )
 from deit.cli import main as cli_main
 
+from conftest import perturb_
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may touch the network
 transformers = pytest.importorskip("transformers")
-
-
-def perturb_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Jitter every parameter: init leaves biases 0 and LayerNorms 1/0, which would hide a misplaced tensor."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.02)
-    return model.eval()
 
 
 def images(config, batch: int = 2, seed: int = 0) -> torch.Tensor:

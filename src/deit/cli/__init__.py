@@ -8,20 +8,14 @@ import importlib
 import sys
 
 # module name under deit.cli -> registered in this order in --help
-SUBCOMMANDS = ["models", "train", "eval", "pipeline", "reproduce", "convert", "bench"]
+SUBCOMMANDS = ["models", "train", "eval", "pipeline", "reproduce", "convert", "export", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deit", description="Data-efficient image transformers (DeiT).")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"deit.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"deit.cli.{name}":
-                continue  # subcommand not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"deit.cli.{name}").register(sub)
     return parser
 
 
@@ -29,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as e:
-        # Bad input: one clear line, no traceback.
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:
+        # Bad input or a missing optional package: one clear line, no traceback.
         print(f"deit {args.command}: error: {e}", file=sys.stderr)
         return 2
 
