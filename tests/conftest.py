@@ -1,3 +1,4 @@
+import json
 import os
 from pathlib import Path
 
@@ -21,3 +22,18 @@ def perturb_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=gen) * 0.02)
     return model.eval()
+
+
+def make_run_dir(model: torch.nn.Module, run_dir: Path, classes: list[str], mean, std, img_size) -> Path:
+    """A run directory as `deit train` records it (weights, model spec, data and preprocessing entries), for a
+    model that was not trained: what prediction and export read from a run."""
+    from deit.checkpoint import save_model
+
+    save_model(model, run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    in_chans = len(mean)
+    config["data"] = {"name": "test", "num_classes": len(classes), "in_chans": in_chans,
+                      "img_size": list(img_size), "mean": list(mean), "std": list(std), "classes": classes}
+    config["preprocessing"] = {"mean": list(mean), "std": list(std), "img_size": list(img_size), "in_chans": in_chans}
+    (run_dir / "config.json").write_text(json.dumps(config))
+    return run_dir

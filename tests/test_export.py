@@ -19,7 +19,7 @@ from deit.export import export_onnx  # noqa: E402
 from deit.models import create_model  # noqa: E402
 from deit.train import fit  # noqa: E402
 
-from conftest import perturb_  # noqa: E402
+from conftest import make_run_dir, perturb_  # noqa: E402
 
 
 def run_onnx(path, images: torch.Tensor, names=None) -> list[np.ndarray]:
@@ -52,11 +52,8 @@ def test_distilled_vit_matches_pytorch_at_any_batch_size(tmp_path):
 def test_convnet_teacher_exports_at_its_training_size(tmp_path):
     # A convnet takes any size: the graph's input size comes from the run's preprocessing record.
     model = perturb_(create_model("resnet8_tiny", in_chans=1))
-    save_model(model, tmp_path / "run")
-    config = json.loads((tmp_path / "run" / "config.json").read_text())
-    config["preprocessing"] = {"mean": [0.5], "std": [0.25], "img_size": [28, 28], "in_chans": 1}
-    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
-    result = export_onnx(tmp_path / "run", tmp_path / "t.onnx", raw_pixels=True)
+    run = make_run_dir(model, tmp_path / "run", [str(i) for i in range(10)], (0.5,), (0.25,), (28, 28))
+    result = export_onnx(run, tmp_path / "t.onnx", raw_pixels=True)
     assert result.output_names == ["logits"] and result.input_shape == ("batch", 1, 28, 28)
     pixels = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
     with torch.no_grad():

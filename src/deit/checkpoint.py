@@ -488,6 +488,30 @@ def load_checkpoint(path, model: nn.Module | str | None = None, *, strict: bool 
     return LoadResult(model, fmt, missing, unexpected, mismatched)
 
 
+RUN_WEIGHTS = ("model", "best", "ema")
+
+
+def is_run_dir(path) -> bool:
+    """A run directory of `deit train` (or `save_model`): a config.json whose "model" entry rebuilds the model."""
+    config_file = Path(path) / CONFIG_NAME
+    return config_file.is_file() and "model" in _read_json(config_file)
+
+
+def load_run(run_dir, weights: str = "model") -> tuple[nn.Module, dict]:
+    """A run directory's model with its `weights` (model: the last, best, ema) and its config.json."""
+    run_dir = Path(run_dir)
+    if weights not in RUN_WEIGHTS:
+        raise ValueError(f"weights must be one of {', '.join(RUN_WEIGHTS)}, got {weights!r}")
+    if not run_dir.is_dir() or not is_run_dir(run_dir):
+        raise FileNotFoundError(f"{run_dir} is not a run directory of `deit train` (no config.json with a model)")
+    weights_file = run_dir / f"{weights}.safetensors"
+    if not weights_file.is_file():
+        raise FileNotFoundError(f"{weights_file} does not exist (choose --weights among those the run saved)")
+    model = model_from_spec(_read_json(run_dir / CONFIG_NAME)["model"])
+    load_checkpoint(weights_file, model)
+    return model, _read_json(run_dir / CONFIG_NAME)
+
+
 # -------------------------------------------------------------------------------------------- resampling
 
 

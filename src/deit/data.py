@@ -234,7 +234,7 @@ def _is_grayscale_mode(mode: str) -> bool:
     return mode in ("1", "L", "LA", "La", "I", "F") or mode.startswith("I;16")
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
@@ -280,22 +280,29 @@ def _load_imagefolder(path: str, split: str, img_size: int | None) -> ImageData:
     unknown = sorted(set(split_classes) - set(classes))
     if unknown:
         raise ValueError(f"imagefolder:{path}: classes {unknown} in {split_dir} have no folder in {train_dir}")
-    files = [(f, label) for label, c in enumerate(classes) for f in _image_files(split_dir / c)]
+    files = [(f, label) for label, c in enumerate(classes) for f in image_files(split_dir / c)]
     if not files:
         raise ValueError(f"imagefolder:{path}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {split_dir}")
 
     # The channel count is decided by the train split (headers only), so both splits agree.
-    train_files = [f for c in classes for f in _image_files(train_dir / c)] if split != "train" else [f for f, _ in files]
+    train_files = [f for c in classes for f in image_files(train_dir / c)] if split != "train" else [f for f, _ in files]
     grayscale = all(_is_grayscale_mode(_image_mode(f)) for f in train_files)
-    channels = 1 if grayscale else 3
-    images = torch.empty((len(files), channels, img_size, img_size), dtype=torch.uint8)
-    for i, (f, _) in enumerate(files):
-        with _open_image(f) as img:
-            pixels = np.asarray(_resize_center_crop(_convert_image(img, grayscale), img_size))
-        images[i] = torch.from_numpy(pixels.reshape(img_size, img_size, channels).transpose(2, 0, 1).copy())
+    images = read_images([f for f, _ in files], img_size, grayscale)
     labels = torch.tensor([label for _, label in files], dtype=torch.int64)
     mean, std = (IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD) if grayscale else (IMAGENET_MEAN, IMAGENET_STD)
     return ImageData(images, labels, classes, mean, std, f"imagefolder:{path}", split)
+
+
+def read_images(files, img_size: int, grayscale: bool) -> torch.Tensor:
+    """Image files -> uint8 [N, C, img_size, img_size] (C = 1 if grayscale else 3): any mode converted, the shorter
+    side resized to img_size (bicubic), then centre-cropped; the same decoding for training data and prediction."""
+    channels = 1 if grayscale else 3
+    images = torch.empty((len(files), channels, img_size, img_size), dtype=torch.uint8)
+    for i, f in enumerate(files):
+        with _open_image(Path(f)) as img:
+            pixels = np.asarray(_resize_center_crop(_convert_image(img, grayscale), img_size))
+        images[i] = torch.from_numpy(pixels.reshape(img_size, img_size, channels).transpose(2, 0, 1).copy())
+    return images
 
 
 def _image_mode(path: Path) -> str:

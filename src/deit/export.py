@@ -17,11 +17,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import CONFIG_NAME, load_checkpoint, registered_name
+from .checkpoint import is_run_dir, load_checkpoint, load_run, registered_name
 from .data import IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD, IMAGENET_MEAN, IMAGENET_STD
 from .models import DeiTOutput, VisionTransformer
 
-RUN_WEIGHTS = ("model", "best", "ema")
 # Agreement demanded of onnxruntime with PyTorch (fp32 both): relative to the largest logit.
 CHECK_TOLERANCE = 1e-4
 
@@ -70,21 +69,11 @@ def _input_geometry(model: nn.Module, run_config: dict) -> tuple[int, tuple[int,
 
 def _load(src: Path, weights: str, model_name: str | None) -> tuple[nn.Module, dict]:
     """The model and its run config (empty for a bare checkpoint)."""
-    run_config = {}
-    if src.is_dir() and (src / CONFIG_NAME).is_file():
-        run_config = json.loads((src / CONFIG_NAME).read_text())
-        if "model" not in run_config:
-            run_config = {}  # a Hugging Face directory: its config.json describes the model, not a run
+    if is_run_dir(src):
+        return load_run(src, weights)
     if weights != "model":
-        if not run_config:
-            raise ValueError(f"--weights {weights} needs a run directory of `deit train`; {src} is not one")
-        if not (src / f"{weights}.safetensors").is_file():
-            raise FileNotFoundError(f"{src / f'{weights}.safetensors'} does not exist (the run saved no {weights} "
-                                    "weights; choose --weights among those it has)")
-    model = load_checkpoint(src, model_name).model
-    if weights != "model":
-        load_checkpoint(src / f"{weights}.safetensors", model)
-    return model, run_config
+        raise ValueError(f"--weights {weights} needs a run directory of `deit train`; {src} is not one")
+    return load_checkpoint(src, model_name).model, {}
 
 
 def _normalisation(run_config: dict, in_chans: int) -> tuple[tuple, tuple, str]:
@@ -109,8 +98,6 @@ def export_onnx(src, dst, *, weights: str = "model", model: str | None = None, r
     # Every input checked before any work.
     if importlib.util.find_spec("onnxscript") is None:
         raise ModuleNotFoundError("ONNX export needs the onnxscript package: pip install 'deit[onnx]'", name="onnxscript")
-    if weights not in RUN_WEIGHTS:
-        raise ValueError(f"weights must be one of {', '.join(RUN_WEIGHTS)}, got {weights!r}")
     if not src.exists():
         raise FileNotFoundError(f"{src} does not exist")
     if dst.is_dir():

@@ -539,21 +539,11 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, data_dir: str 
     with the run's own preprocessing. With `teacher`, also the teacher and the disagreement rates."""
     import dataclasses
 
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_run
     from .data import BatchLoader
     from .teacher import load_teacher
 
-    run_dir = Path(run_dir)
-    config_path = run_dir / "config.json"
-    if not config_path.exists():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
-    saved = json.loads(config_path.read_text())
-    weights_file = run_dir / f"{weights}.safetensors"
-    if not weights_file.exists():
-        raise FileNotFoundError(f"{weights_file} does not exist (choose --weights among model, best, ema)")
-    model = load_checkpoint(run_dir).model
-    if weights != "model":
-        load_checkpoint(weights_file, model)
+    model, saved = load_run(run_dir, weights)
     train_config = TrainConfig.from_dict(saved["train"]) if "train" in saved else None
     if data is None and train_config is None:
         raise ValueError(f"{run_dir} does not say which data it was trained on; pass --data")

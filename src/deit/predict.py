@@ -1,0 +1,70 @@
+"""Classify image files with a trained run, decoding and normalising them exactly as its training data was."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_run
+from .data import IMAGE_EXTENSIONS, BatchLoader, ImageData, image_files, read_images
+from .train import predict, resolve_device, resolve_precision
+
+
+@dataclass
+class Prediction:
+    file: str
+    top: list[tuple[str, float]]  # (class, probability), most likely first; a distilled model's heads combined
+    cls_head: str | None = None  # a distilled model's class head alone
+    dist_head: str | None = None  # and its distillation head alone
+
+
+def gather_image_files(paths) -> list[Path]:
+    """Files as given, folders expanded to the images under them (sorted); raises on a missing path."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = image_files(path)
+            if not found:
+                raise ValueError(f"{path}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under it")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{path} does not exist")
+    if not files:
+        raise ValueError("no images given")
+    return files
+
+
+def classify_files(run_dir, paths, *, weights: str = "model", top_k: int = 5, batch_size: int = 256,
+                   device: str = "auto", precision: str = "auto") -> list[Prediction]:
+    """The run's prediction for each image file (folders: every image under them), with class names."""
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    files = gather_image_files(paths)
+    model, saved = load_run(run_dir, weights)
+    prep = saved.get("preprocessing")
+    if not prep:
+        raise ValueError(f"{run_dir} records no preprocessing (mean, std, size): it was not written by `deit train`")
+    height, width = prep["img_size"]
+    if height != width:
+        raise ValueError(f"{run_dir} trained on {height}x{width} images; prediction decodes square images only")
+    classes = saved.get("data", {}).get("classes") or [str(i) for i in range(saved["data"]["num_classes"])]
+    images = read_images(files, height, grayscale=prep["in_chans"] == 1)
+    unlabelled = torch.zeros(len(files), dtype=torch.int64)
+    data = ImageData(images, unlabelled, classes, tuple(prep["mean"]), tuple(prep["std"]), "files", "val")
+    torch_device = resolve_device(device)
+    loader = BatchLoader(data, batch_size, train=False, device=torch_device)
+    out = predict(model.to(torch_device), loader, torch_device, resolve_precision(precision, torch_device))
+    probs = out["logits"].softmax(-1)  # a mean_softmax model's logits are log-probabilities: the same
+    best = probs.topk(min(top_k, len(classes)), dim=1)
+    predictions = []
+    for i, file in enumerate(files):
+        top = [(classes[c], float(p)) for p, c in zip(best.values[i].tolist(), best.indices[i].tolist())]
+        heads = {}
+        if "cls" in out:
+            heads = dict(cls_head=classes[int(out["cls"][i].argmax())], dist_head=classes[int(out["dist"][i].argmax())])
+        predictions.append(Prediction(str(file), top, **heads))
+    return predictions
