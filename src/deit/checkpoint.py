@@ -507,9 +507,10 @@ def load_run(run_dir, weights: str = "model") -> tuple[nn.Module, dict]:
     weights_file = run_dir / f"{weights}.safetensors"
     if not weights_file.is_file():
         raise FileNotFoundError(f"{weights_file} does not exist (choose --weights among those the run saved)")
-    model = model_from_spec(_read_json(run_dir / CONFIG_NAME)["model"])
+    config = _read_json(run_dir / CONFIG_NAME)
+    model = model_from_spec(config["model"])
     load_checkpoint(weights_file, model)
-    return model, _read_json(run_dir / CONFIG_NAME)
+    return model, config
 
 
 # -------------------------------------------------------------------------------------------- resampling
