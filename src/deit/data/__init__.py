@@ -1,0 +1,30 @@
+"""Data: splits (built-in sets in memory, image folders), class-stratified subsets, the DeiT augmentations, the
+repeated-augmentation sampler, and loaders whose every batch is a pure function of (seed, epoch, batch index, rank).
+
+One job per module: seeding (derived seeds), imagedata (the in-memory split), builtin (Fashion-MNIST, CIFAR), folder
+(image folders), datasets (names -> splits), subsets, augment, sampler, loader."""
+
+from .augment import (AugmentConfig, apply_separable, augment_config, build_randaugment, crop_resize_matrices,
+                      pad_random_crop, randaugment_batch, random_erase_, random_resized_crop, random_resized_crop_boxes,
+                      shift_matrices)
+from .builtin import (CACHE_DIR, CIFAR_STATS, FASHION_MNIST_CLASSES, FASHION_MNIST_FILES, FASHION_MNIST_MEAN,
+                      FASHION_MNIST_STD, FASHION_MNIST_SYSTEM_DIR, FASHION_MNIST_URL, IDX_IMAGES_MAGIC,
+                      IDX_LABELS_MAGIC, read_idx)
+from .datasets import SPLITS, describe, load_data, load_split
+from .folder import (IMAGE_EXTENSIONS, IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD, IMAGENET_MEAN, IMAGENET_STD,
+                     image_files, read_images)
+from .imagedata import ImageData
+from .loader import BatchLoader
+from .sampler import RepeatAugSampler
+from .seeding import derive_seed, seeded_global_rng
+from .subsets import stratified_subset
+
+__all__ = [
+    "AugmentConfig", "apply_separable", "augment_config", "build_randaugment", "crop_resize_matrices",
+    "pad_random_crop", "randaugment_batch", "random_erase_", "random_resized_crop", "random_resized_crop_boxes",
+    "shift_matrices", "CACHE_DIR", "CIFAR_STATS", "FASHION_MNIST_CLASSES", "FASHION_MNIST_FILES",
+    "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "FASHION_MNIST_SYSTEM_DIR", "FASHION_MNIST_URL", "IDX_IMAGES_MAGIC",
+    "IDX_LABELS_MAGIC", "read_idx", "SPLITS", "describe", "load_data", "load_split", "IMAGE_EXTENSIONS",
+    "IMAGENET_GRAY_MEAN", "IMAGENET_GRAY_STD", "IMAGENET_MEAN", "IMAGENET_STD", "image_files", "read_images",
+    "ImageData", "BatchLoader", "RepeatAugSampler", "derive_seed", "seeded_global_rng", "stratified_subset",
+]
