@@ -177,3 +177,26 @@ def test_initialisation_statistics():
     bound = 1 / (3 * 16 * 16) ** 0.5
     assert conv.abs().max().item() <= bound
     assert conv.std().item() == pytest.approx(bound / 3**0.5, rel=0.02)
+
+
+@pytest.mark.parametrize("name", ["deit_mini_distilled_patch7_28", "deit_mini_patch7_28"])
+def test_trace_reproduces_forward(name):
+    """The analysis path (explicit attention, every token kept) gives forward's outputs: its attention
+    probabilities are the ones the fused kernel used."""
+    model = perturb_(create_model(name)).eval()
+    x = images(model, batch=3)
+    with torch.no_grad():
+        out, trace = model(x), model.trace(x)
+    for field in ("logits", "cls_logits", "dist_logits"):
+        if getattr(out, field) is None:
+            assert getattr(trace.output, field) is None
+            continue
+        torch.testing.assert_close(getattr(trace.output, field), getattr(out, field), rtol=0, atol=1e-5)
+    c = model.config
+    tokens = c.num_prefix_tokens + c.grid_size[0] * c.grid_size[1]
+    assert len(trace.attentions) == c.depth and len(trace.tokens) == c.depth + 1
+    assert all(a.shape == (3, c.num_heads, tokens, tokens) for a in trace.attentions)
+    torch.testing.assert_close(trace.attentions[0].sum(-1), torch.ones(3, c.num_heads, tokens))
+    torch.testing.assert_close(trace.tokens[0], model.embed(x), rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(model.norm(trace.tokens[-1]), model.forward_features(x), rtol=0, atol=1e-5)

@@ -8,7 +8,7 @@ import importlib
 import sys
 
 # module name under deit.cli -> registered in this order in --help
-SUBCOMMANDS = ["models", "train", "eval", "pipeline", "reproduce", "predict", "convert", "export", "bench"]
+SUBCOMMANDS = ["models", "train", "eval", "pipeline", "reproduce", "predict", "analyze", "convert", "export", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -166,6 +166,14 @@ class Attention(nn.Module):
         x = attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(B, q.shape[2], D))
 
+    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward(x) and its attention probabilities (B, heads, N, N), computed explicitly: for analysis only,
+        forward keeps the fused kernel, which never materialises them."""
+        B, N, D = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        probs = ((q * self.head_dim ** -0.5) @ k.transpose(-2, -1)).softmax(-1)
+        return self.proj((probs @ v).transpose(1, 2).reshape(B, N, D)), probs
+
 
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int):
@@ -192,6 +200,21 @@ class Block(nn.Module):
         y = self.attn(self.norm1(x), num_queries)
         x = (x if num_queries is None else x[:, :num_queries]) + self.drop_path(y)
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward(x) and the attention probabilities (B, heads, N, N) of this block."""
+        y, probs = self.attn.forward_with_attention(self.norm1(x))
+        x = x + self.drop_path(y)
+        return x + self.drop_path(self.mlp(self.norm2(x))), probs
+
+
+@dataclass
+class AttentionTrace:
+    """What `VisionTransformer.trace` records: the output, every block's attention, every token state."""
+
+    output: DeiTOutput
+    attentions: list[torch.Tensor]  # depth × (B, heads, T, T), softmax over keys (last dim); T = prefix + N
+    tokens: list[torch.Tensor]  # depth + 1 × (B, T, D): the input after pos_embed, then each block's output
 
 
 class VisionTransformer(nn.Module):
@@ -286,6 +309,17 @@ class VisionTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> DeiTOutput:
         return self.forward_head(self.forward_prefix(x))
+
+    def trace(self, x: torch.Tensor) -> AttentionTrace:
+        """forward(x) with every block's attention probabilities and token states, for analysis (deit.analyze).
+        Computes attention explicitly on all tokens, so it is slower than forward and uses O(T²) memory."""
+        x = self.embed(x)
+        tokens, attentions = [x], []
+        for block in self.blocks:
+            x, probs = block.forward_with_attention(x)
+            tokens.append(x)
+            attentions.append(probs)
+        return AttentionTrace(self.forward_head(self.norm(x[:, :self.config.num_prefix_tokens])), attentions, tokens)
 
 
 def count_parameters(model: nn.Module) -> int:
