@@ -153,4 +153,7 @@ def test_bad_input_is_one_clear_error_before_any_work(tmp_path, capsys):
 
     rc, err = run_cli([str(vit_dir), "--output", str(out), "--images", "0", "--data", "fashion-mnist"], capsys)
     assert rc == 2 and "--images must be at least 1" in err
+
+    rc, err = run_cli([str(vit_dir), "--output", str(out), "--device", "gpu0", "--data", "fashion-mnist"], capsys)
+    assert rc == 2 and len(err.splitlines()) == 1 and "--device 'gpu0'" in err
     assert not out.exists()  # nothing was written

@@ -318,7 +318,10 @@ def analyze(run_dirs, output, *, num_images: int = 8, weights: str = "model", da
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise ValueError(f"{output} exists and is not a directory")
-    torch_device = resolve_device(device)
+    try:
+        torch_device = resolve_device(device)
+    except RuntimeError as e:  # torch's own message for a device string it cannot parse
+        raise ValueError(f"--device {device!r}: {str(e).splitlines()[0]}") from None
     runs = prepare_runs(run_dirs, weights=weights, data=data, data_dir=data_dir, max_val=max_val)
     written: dict[str, dict[str, Path]] = {}
     for run in runs:
