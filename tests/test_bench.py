@@ -9,8 +9,8 @@ import torch
 from deit import create_model
 from deit.bench import BenchConfig, run_bench
 from deit.cli import main
-from deit.speed import (FusedResNet, FusedViT, fastest_num_threads, make_optimizer_fast,
-                        prepare_model_for_inference)
+from deit.engine.optim import make_optimizer_fast
+from deit.speed import FusedResNet, FusedViT, fastest_num_threads, prepare_model_for_inference
 
 QUICK = dict(batch_size=2, windows=1, warmup=0, min_window_s=0.0, threads=1)
 METRICS = {"images_per_s", "ms_per_step", "peak_mem_mb", "gflops_per_image", "achieved_tflops", "mfu"}

@@ -17,7 +17,7 @@ from deit.config import preset_config  # noqa: E402
 from deit.data import load_data  # noqa: E402
 from deit.export import export_onnx  # noqa: E402
 from deit.models import create_model  # noqa: E402
-from deit.train import fit  # noqa: E402
+from deit.engine import fit  # noqa: E402
 
 from conftest import make_run_dir, perturb_  # noqa: E402
 

@@ -8,7 +8,8 @@ import torch
 from deit.cli import main as cli_main
 from deit.config import TrainConfig, preset_config
 from deit.models import create_model
-from deit.train import fit, lr_at, param_groups
+from deit.engine import fit
+from deit.engine.optim import lr_at, param_groups
 
 
 def small_config(tmp_path, name, **overrides):

@@ -27,7 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .models import create_model, model_family
-from .speed import make_optimizer_fast, precision_dtype, prepare_model_for_inference, quantize_for_inference
+from .engine.optim import make_optimizer_fast
+from .engine.runtime import precision_dtype
+from .speed import prepare_model_for_inference, quantize_for_inference
 
 MODES = ("infer", "train")
 

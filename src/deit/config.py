@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 
-def _f(default, help: str, **kw):
-    return field(default=default, metadata={"help": help, **kw})
+def _f(default, help: str, execution: bool = False, **kw):
+    """A field with its --help text; execution=True marks a setting that changes how a run executes, not what
+    it computes: it may differ on resume and when a finished run is reused."""
+    return field(default=default, metadata={"help": help, "execution": execution, **kw})
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,15 @@ class TrainConfig:
     data_dir: Optional[str] = _f(None, "where the data set lies (default: its standard location)")
     img_size: Optional[int] = _f(None, "resize images to this size (required for imagefolder)")
     train_subset: Optional[float] = _f(None, "train on a stratified subset: a count (>1) or a fraction (<=1)")
-    num_workers: int = _f(0, "data worker processes (0: build batches in the training process)")
+    num_workers: Optional[int] = _f(None, "data worker processes; default: min(8, usable cores - 1) for a streamed "
+                                          "image folder, 0 (batches built in the training process) for in-memory data",
+                                    execution=True)
+    cache_images: bool = _f(False, "decode an image folder into memory once, at img_size, instead of streaming it "
+                                   "from disk (small folders; Fashion-MNIST and CIFAR are always in memory)")
+    eval_crop_ratio: float = _f(0.875, "streamed image folders: eval resizes to img_size / ratio (bicubic), then "
+                                       "centre-crops img_size (DeiT's 0.875)")
+    skip_bad_images: bool = _f(False, "leave out image files that fail the listing check (truncated, corrupt, not "
+                                      "an image) and count them, instead of stopping with the file's name")
     # optimisation (Table 9)
     epochs: int = _f(300, "training epochs")
     batch_size: int = _f(1024, "global batch size")
@@ -65,12 +75,12 @@ class TrainConfig:
     precision: str = _f("auto", "auto (bf16 on CUDA and AMX CPUs, else fp32/fp16) | bf16 | fp16 (CUDA) | fp32")
     seed: int = _f(0, "random seed")
     deterministic: bool = _f(False, "deterministic algorithms (bitwise-reproducible runs)")
-    threads: Optional[int] = _f(None, "CPU threads for torch (default: torch's choice)")
+    threads: Optional[int] = _f(None, "CPU threads for torch (default: torch's choice)", execution=True)
     eval_every: int = _f(1, "evaluate every N epochs (and always at the end)")
-    eval_batch_size: int = _f(512, "evaluation batch size")
-    save_every_minutes: float = _f(5.0, "also save the training state mid-epoch this often")
+    eval_batch_size: int = _f(512, "evaluation batch size", execution=True)
+    save_every_minutes: float = _f(5.0, "also save the training state mid-epoch this often", execution=True)
     output: Optional[str] = _f(None, "run directory (default runs/<model>-<time>)")
-    progress: bool = _f(True, "show progress bars")
+    progress: bool = _f(True, "show progress bars", execution=True)
 
     def __post_init__(self):
         checks = [
@@ -100,6 +110,10 @@ class TrainConfig:
     @property
     def mixing(self) -> bool:
         return (self.mixup > 0 or self.cutmix > 0) and self.mixup_prob > 0
+
+    @classmethod
+    def execution_only(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata["execution"])
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)

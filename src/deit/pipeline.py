@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import preset_config
-from .train import fit_or_reuse
+from .engine import fit_or_reuse
 
 
 def pipeline_configs(output: str | Path = "runs/pipeline", **common: Any):

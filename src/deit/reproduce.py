@@ -137,7 +137,7 @@ def run_study(name: str, output: str | Path | None = None, runs_dir: str | Path 
               **execution: Any) -> dict[str, Any]:
     """Train every row of a study (reusing finished runs), writing its tables, plot and commands to `output`
     after every student run."""
-    from .train import fit_or_reuse
+    from .engine import fit_or_reuse
 
     if name not in STUDIES:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(STUDIES)}")
@@ -194,7 +194,9 @@ def predict_runs(run_dirs: dict[str, Path], **execution: Any) -> dict[str, dict[
     """Predictions (logits, and cls/dist for a distilled model) of finished runs on the val/test split."""
     from .checkpoint import load_checkpoint
     from .data import BatchLoader
-    from .train import load_split, predict, resolve_device, resolve_precision
+    from .data import load_split
+    from .engine.evaluate import predict
+    from .engine.runtime import resolve_device, resolve_precision
 
     config = TrainConfig.from_dict(json.loads((next(iter(run_dirs.values())) / "config.json").read_text())["train"])
     device = resolve_device(execution.get("device", "auto"))

@@ -1,6 +1,5 @@
 """Speed helpers a training or evaluation loop calls; what each is worth is measured in docs/performance.md.
 
-    optimizer = make_optimizer_fast(param_groups, lr=..., weight_decay=...)  # fused AdamW where built
     teacher = prepare_model_for_inference(teacher, "fp32")                    # frozen teacher, every step
     teacher = quantize_for_inference(resnet_teacher, calibration_batches)     # int8 teacher (approximate)
     evaluator = prepare_model_for_inference(model, "fp32")                    # evaluation / deployment
@@ -23,29 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .engine.runtime import precision_dtype
 from .models.cnn import BasicBlock, SmallResNet
 from .models.vit import DeiTOutput, VisionTransformer
-
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def precision_dtype(precision: str) -> torch.dtype:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-    return PRECISIONS[precision]
-
-
-def make_optimizer_fast(params: Iterable, **kwargs) -> torch.optim.AdamW:
-    """torch.optim.AdamW with the fused kernel (one kernel for all tensors; CPU and CUDA since torch 2.4),
-    else the foreach one. Same update as the default AdamW; kwargs as AdamW's (lr, weight_decay, betas, eps)."""
-    params = list(params)
-    for impl in ({"fused": True}, {"foreach": True}, {}):
-        try:
-            return torch.optim.AdamW(params, **kwargs, **impl)
-        except (RuntimeError, ValueError, TypeError):
-            continue
-    raise AssertionError("unreachable: plain AdamW always builds")
-
 
 def fastest_num_threads(step: Callable[[], object], candidates: Iterable[int] | None = None,
                         rounds: int = 3) -> int:
@@ -92,6 +71,8 @@ def prepare_model_for_inference(model: nn.Module, precision: str = "fp32", compi
     compile=True: torch.compile with inductor's weight freezing instead of the hand-fused path (the first call
     compiles: tens of seconds)."""
     dtype = precision_dtype(precision)
+    if dtype == torch.float16:
+        raise ValueError("prepare_model_for_inference takes fp32 or bf16")
     model = model.eval().to(dtype)
     if compile:
         return torch.compile(CastInput(model, dtype), options={"freezing": True})
@@ -279,6 +260,5 @@ class FusedResNet(nn.Module):
         return DeiTOutput(logits=logits, cls_logits=logits)
 
 
-__all__ = ["CastInput", "FusedResNet", "FusedViT", "PRECISIONS", "QuantizedResNet", "fastest_num_threads",
-           "make_optimizer_fast",
-           "precision_dtype", "prepare_model_for_inference", "quantize_for_inference"]
+__all__ = ["CastInput", "FusedResNet", "FusedViT", "QuantizedResNet", "fastest_num_threads",
+           "prepare_model_for_inference", "quantize_for_inference"]

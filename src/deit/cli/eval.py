@@ -19,7 +19,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from deit.train import evaluate_run
+    from deit.engine import evaluate_run
 
     metrics = evaluate_run(args.checkpoint, data=args.data, data_dir=args.data_dir, weights=args.weights,
                            batch_size=args.batch_size, device=args.device, precision=args.precision,

@@ -63,7 +63,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from deit.train import fit
+    from deit.engine import fit
 
     if args.resume:
         result = fit(config=None, resume=args.resume)

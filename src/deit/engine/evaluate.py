@@ -1,0 +1,136 @@
+"""Evaluation: logits over a loader (sharded across processes and gathered back in order), metrics, and
+`evaluate_run` for a finished run directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import TrainConfig
+from .runtime import Runtime, autocast, precision_name, resolve_device, resolve_precision
+
+
+def topk_correct(logits: torch.Tensor, targets: torch.Tensor, k: int) -> int:
+    k = min(k, logits.shape[1])
+    return int((logits.topk(k, dim=1).indices == targets[:, None]).any(dim=1).sum())
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader, device: torch.device, amp_dtype, progress: bool = False,
+            desc: str = "eval", rt: Optional[Runtime] = None) -> dict[str, torch.Tensor]:
+    """Logits on every image of the loader (fp32, CPU) and the targets: "logits", plus "cls" and "dist" for a
+    distilled model. A model may return a plain tensor (a teacher). With a distributed runtime, each process
+    predicts its shard (images rank, rank + world, ...) and every process gets the whole set, in order."""
+    from tqdm import tqdm
+
+    was_training = model.training
+    model.eval()
+    out: dict[str, list] = {"targets": []}
+    show = progress and (rt is None or rt.is_main)
+    for x, y in tqdm(loader, desc=desc, leave=False, disable=not show):
+        with autocast(device, amp_dtype):
+            o = model(x.to(device, non_blocking=True))
+        heads = {"logits": o if isinstance(o, torch.Tensor) else o.logits}
+        if getattr(o, "dist_logits", None) is not None:  # the heads are separate predictions only then
+            heads.update(cls=o.cls_logits, dist=o.dist_logits)
+        for name, value in heads.items():
+            out.setdefault(name, []).append(value.float().cpu())
+        out["targets"].append(y.cpu())
+    model.train(was_training)
+    pred = {k: torch.cat(v) for k, v in out.items()}
+    if rt is not None and rt.distributed:
+        pred = {k: gather_shards(v, rt) for k, v in pred.items()}
+    return pred
+
+
+def gather_shards(shard: torch.Tensor, rt: Runtime) -> torch.Tensor:
+    """Reassemble a tensor whose rows rank r holds for items r, r + W, r + 2W, ... (W = world size): pad the
+    shards to one length, all-gather, interleave, drop the padding."""
+    import torch.distributed as dist
+
+    lengths = torch.tensor([len(shard)], device=rt.comm_device)
+    all_lengths = [torch.zeros_like(lengths) for _ in range(rt.world_size)]
+    dist.all_gather(all_lengths, lengths)
+    counts = [int(n) for n in all_lengths]
+    width = max(counts)
+    padded = torch.zeros((width, *shard.shape[1:]), dtype=shard.dtype, device=rt.comm_device)
+    padded[:len(shard)] = shard.to(rt.comm_device)
+    gathered = [torch.empty_like(padded) for _ in range(rt.world_size)]
+    dist.all_gather(gathered, padded)
+    total = sum(counts)
+    full = torch.empty((total, *shard.shape[1:]), dtype=shard.dtype)
+    for r, (part, n) in enumerate(zip(gathered, counts)):
+        full[r::rt.world_size] = part[:n].cpu()
+    assert math.ceil(total / rt.world_size) == width
+    return full
+
+
+def metrics_from_predictions(pred: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Top-1/top-5 (percent) per head, eval loss, and pairwise disagreement rates (paper Table 4)."""
+    y = pred["targets"]
+    n = len(y)
+    metrics: dict[str, float] = {"num_images": n, "loss": F.cross_entropy(pred["logits"], y).item()}
+    suffix = {"logits": "", "cls": "_cls", "dist": "_dist", "teacher": "_teacher"}
+    for head, s in suffix.items():
+        if head in pred:
+            metrics[f"top1{s}"] = 100.0 * topk_correct(pred[head], y, 1) / n
+            metrics[f"top5{s}"] = 100.0 * topk_correct(pred[head], y, 5) / n
+    argmax = {head: pred[head].argmax(1) for head in suffix if head in pred}
+    names = list(argmax)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            metrics[f"disagree_{a}_{b}"] = (argmax[a] != argmax[b]).float().mean().item()
+    return metrics
+
+
+def evaluate(model, loader, device, amp_dtype, teacher_logits: torch.Tensor | None = None,
+             progress: bool = False, rt: Optional[Runtime] = None) -> dict[str, float]:
+    """Metrics of `model`; with the teacher's logits on the same loader, also the teacher's and the
+    disagreement rates (the frozen teacher's predictions are computed once per run)."""
+    pred = predict(model, loader, device, amp_dtype, progress, rt=rt)
+    if teacher_logits is not None:
+        pred["teacher"] = teacher_logits
+    return metrics_from_predictions(pred)
+
+
+def evaluate_run(run_dir: str | Path, *, data: str | None = None, data_dir: str | None = None,
+                 weights: str = "model", batch_size: int = 512, device: str = "auto", precision: str = "auto",
+                 teacher: str | None = None, teacher_weights: str | None = None,
+                 progress: bool = False) -> dict[str, Any]:
+    """Evaluate a run directory's weights (model | best | ema) on the val split of its data set (or `data`),
+    with the run's own preprocessing. With `teacher`, also the teacher and the disagreement rates."""
+    from ..checkpoint import load_run
+    from ..data import BatchLoader, load_split
+    from ..teacher import load_teacher
+
+    model, saved = load_run(run_dir, weights)
+    train_config = TrainConfig.from_dict(saved["train"]) if "train" in saved else None
+    if data is None and train_config is None:
+        raise ValueError(f"{run_dir} does not say which data it was trained on; pass --data")
+    eval_config = train_config or TrainConfig()
+    eval_config = eval_config.replace(data=data or eval_config.data,
+                                      data_dir=data_dir if data_dir is not None or data else eval_config.data_dir,
+                                      train_subset=None)
+    val_data = load_split(eval_config, "val")
+    prep = saved.get("preprocessing")
+    if prep:  # normalise as the model was trained, whatever the data set's own statistics
+        val_data = dataclasses.replace(val_data, mean=tuple(prep["mean"]), std=tuple(prep["std"]))
+    torch_device = resolve_device(device)
+    amp_dtype = resolve_precision(precision, torch_device)
+    model = model.to(torch_device)
+    loader = BatchLoader(val_data, batch_size, train=False, device=torch_device)
+    teacher_logits = None
+    if teacher is not None:
+        teacher_model, _ = load_teacher(teacher, teacher_weights, num_classes=val_data.num_classes,
+                                        in_chans=val_data.in_chans, img_size=val_data.img_size)
+        teacher_logits = predict(teacher_model.to(torch_device), loader, torch_device, amp_dtype)["logits"]
+    metrics = evaluate(model, loader, torch_device, amp_dtype, teacher_logits, progress)
+    metrics.update({"run": str(run_dir), "weights": weights, "data": eval_config.data,
+                    "precision": precision_name(amp_dtype)})
+    return metrics

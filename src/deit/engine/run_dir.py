@@ -1,0 +1,118 @@
+"""The run directory and its only writer. Under several processes only the main one writes; every write is
+atomic (deit.fileio), so a crash at any moment leaves the previous complete file.
+
+config.json (what the run is), model.safetensors / best.safetensors / ema.safetensors (weights), state.pt
+(everything else needed to resume exactly), log.jsonl (one row per epoch), metrics.json and curves.png (at
+the end)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import TrainConfig
+from ..fileio import atomic_write, write_json
+
+CONFIG, STATE, LOG, METRICS, CURVES = "config.json", "state.pt", "log.jsonl", "metrics.json", "curves.png"
+
+
+def default_output(config: TrainConfig) -> Path:
+    return Path("runs") / f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def read_run_config(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / CONFIG
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def read_log(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / LOG
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line torn by a crash mid-append; resume rewrites the log without it
+            continue
+    return rows
+
+
+def load_state(run_dir: Path, device: torch.device) -> dict:
+    return torch.load(Path(run_dir) / STATE, map_location=device, weights_only=False)
+
+
+class RunWriter:
+    """Writes a run directory; a no-op in every process but the main one."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True):
+        self.run_dir, self.enabled = Path(run_dir), enabled
+
+    def start(self, run_config: dict) -> None:
+        """A new run: its config, and no log rows from an earlier attempt."""
+        if not self.enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.run_dir / CONFIG, run_config)
+        (self.run_dir / LOG).unlink(missing_ok=True)
+
+    def weights(self, model: nn.Module, name: str, filename: str) -> None:
+        from ..checkpoint import save_model
+
+        if self.enabled:
+            save_model(model, self.run_dir, name=name, filename=filename)
+
+    def state(self, state: dict[str, Any]) -> None:
+        if self.enabled:
+            atomic_write(self.run_dir / STATE, lambda tmp: torch.save(state, tmp))
+
+    def log(self, row: dict[str, Any]) -> None:
+        if self.enabled:
+            with open(self.run_dir / LOG, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def keep_log_until(self, epoch: int) -> None:
+        """On resume: drop log rows of epochs the saved state has not finished (a crash after the row was
+        written and before the state was saved would otherwise leave that epoch logged twice)."""
+        if self.enabled:
+            rows = [r for r in read_log(self.run_dir) if r["epoch"] <= epoch]
+            atomic_write(self.run_dir / LOG, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in rows)))
+
+    def finish(self, metrics: dict[str, Any]) -> None:
+        if self.enabled:
+            write_json(self.run_dir / METRICS, metrics)
+            plot_curves(read_log(self.run_dir), self.run_dir / CURVES)
+
+
+def plot_curves(rows: list[dict], png_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        return
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(13, 3.6))
+    ax_loss.plot(epochs, [r["train_loss"] for r in rows], label="train")
+    evaluated = [r for r in rows if "val_loss" in r]
+    ax_loss.plot([r["epoch"] for r in evaluated], [r["val_loss"] for r in evaluated], label="val (CE)")
+    ax_loss.set(xlabel="epoch", title="loss")
+    ax_loss.legend()
+    for key, label in (("val_top1", "combined"), ("val_top1_cls", "class head"),
+                       ("val_top1_dist", "dist head"), ("val_ema_top1", "EMA")):
+        pts = [(r["epoch"], r[key]) for r in rows if key in r]
+        if pts:
+            ax_acc.plot(*zip(*pts), label=label)
+    ax_acc.set(xlabel="epoch", ylabel="top-1 %", title="validation")
+    ax_acc.legend()
+    ax_lr.plot(epochs, [r["lr"] for r in rows])
+    ax_lr.set(xlabel="epoch", title="learning rate (end of epoch)")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)

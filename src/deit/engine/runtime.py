@@ -1,0 +1,139 @@
+"""Where and how a run executes: device, precision and autocast, processes (torch.distributed), RNG state.
+
+One table of precisions, one seeding helper, one place that knows about ranks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+# The one precision table: name -> the dtype of the computation (fp32: no autocast).
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def precision_dtype(name: str) -> torch.dtype:
+    if name not in PRECISION_DTYPES:
+        raise ValueError(f"precision must be one of {', '.join(PRECISION_DTYPES)}, got {name!r}")
+    return PRECISION_DTYPES[name]
+
+
+def precision_name(dtype: Optional[torch.dtype]) -> str:
+    """The name of an autocast dtype (None: fp32)."""
+    return {None: "fp32", **{d: n for n, d in PRECISION_DTYPES.items()}}[dtype]
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """auto: this process's GPU (cuda:LOCAL_RANK under torchrun) when there is one, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    return device
+
+
+def cpu_has_fast_bf16() -> bool:
+    """bf16 pays off on CPUs with AMX tiles; with AVX-512-BF16 alone, fp32 matmuls measured faster here
+    (docs/performance.md)."""
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(check and check())
+
+
+def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype, or None for fp32. auto: bf16 on CUDA that has it (else fp16), bf16 on CPUs with AMX,
+    fp32 on other CPUs."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_fast_bf16() else None
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 training needs CUDA (a grad scaler); on CPU use --precision bf16 or fp32")
+    dtype = precision_dtype(precision)
+    return None if dtype == torch.float32 else dtype
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------- randomness
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------------------------- processes
+@dataclass
+class Runtime:
+    """The execution context of one process of a run."""
+
+    device: torch.device
+    amp_dtype: Optional[torch.dtype]
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process writes files and prints."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def comm_device(self) -> torch.device:
+        """Where collectives run: the GPU under NCCL, the CPU under gloo."""
+        return self.device if self.device.type == "cuda" else torch.device("cpu")
+
+    @property
+    def precision(self) -> str:
+        return precision_name(self.amp_dtype)
+
+    def autocast(self):
+        return autocast(self.device, self.amp_dtype)
+
+    def print(self, *args, **kwargs) -> None:
+        if self.is_main:
+            print(*args, **kwargs, flush=True)
+
+
+def setup_runtime(device: str = "auto", precision: str = "auto", threads: Optional[int] = None,
+                  deterministic: bool = False) -> Runtime:
+    """Configure this process (threads, determinism) and say where it runs."""
+    if threads:
+        torch.set_num_threads(threads)
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch_device = resolve_device(device)
+    return Runtime(torch_device, resolve_precision(precision, torch_device))

@@ -1,0 +1,348 @@
+"""The training run: `fit(config)` is what `deit train` calls.
+
+A Trainer is set up once (data, student, teacher, optimiser, loaders, schedule), then `fit` loops epochs of
+`train_step`, evaluates, and saves through the run directory's writer. The same code runs in one process or
+in each process of a torchrun job (only the student is wrapped for data-parallel training; only the main
+process writes)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import TrainConfig
+from ..losses import LossOutput
+from .evaluate import evaluate, predict
+from .optim import build_optimizer, lr_at, scaled_lr
+from .run_dir import (STATE, RunWriter, default_output, load_state, read_log, read_run_config)
+from .runtime import Runtime, rng_state, seed_everything, set_rng_state, setup_runtime
+from .task import DistillationTask, SeededMixup, build_criterion
+
+
+@dataclass
+class RunResult:
+    output: Path
+    metrics: dict[str, Any]
+
+
+def model_overrides(config: TrainConfig, data) -> dict:
+    from ..models import model_family
+
+    overrides = dict(num_classes=data.num_classes, in_chans=data.in_chans)
+    if model_family(config.model) == "vit":
+        overrides.update(img_size=data.img_size, combine=config.combine)
+        if config.drop_path is not None:
+            overrides["drop_path_rate"] = config.drop_path
+    return overrides
+
+
+def check_config(config: TrainConfig) -> None:
+    """The refusals that need no data or model: cheap, before anything is loaded."""
+    from ..models import model_family
+
+    model_family(config.model)
+    if config.teacher is not None and config.distillation != "none" and not Path(config.teacher).is_dir() \
+            and config.teacher_weights is None:
+        raise ValueError(f"teacher {config.teacher!r} is not a run directory; give an architecture name "
+                         "with --teacher-weights FILE")
+
+
+class Trainer:
+    """One run of one process. State that a resume restores: weights, optimiser, scaler, EMA, RNG, and the
+    position (epoch, batch within it, global step) with the best top-1 and the running epoch sums."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, rt: Runtime):
+        from ..data import BatchLoader, augment_config, load_split
+        from ..models import create_model
+
+        self.config, self.run_dir, self.rt = config, Path(run_dir), rt
+        self.writer = RunWriter(run_dir, enabled=rt.is_main)
+        c = config
+        self.train_data, self.val_data = load_split(c, "train"), load_split(c, "val")
+        seed_everything(c.seed + rt.rank)  # per-rank randomness (stochastic depth); the weights start equal
+        self.model = create_model(c.model, **model_overrides(c, self.train_data)).to(rt.device)
+        self.teacher, self.teacher_info = self._build_teacher()
+        self.optimizer = build_optimizer(self.model, c)
+        self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
+        self.ema = None
+        if c.ema:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.model, decay=c.ema_decay)
+        mixup = SeededMixup(c, self.train_data.num_classes, rt.rank) if c.mixing else None
+        self.task = DistillationTask(self.model, self.teacher, build_criterion(c), mixup)
+
+        self.train_loader = BatchLoader(self.train_data, c.batch_size, train=True, augment=augment_config(c),
+                                        repeats=c.repeats, seed=c.seed, device=rt.device,
+                                        num_workers=c.num_workers)
+        self.val_loader = BatchLoader(self.val_data, c.eval_batch_size, train=False, device=rt.device)
+        self.steps_per_epoch = len(self.train_loader)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(self.train_data)} training images give no full batch of {c.batch_size}; "
+                             "lower --batch-size")
+        self.total_steps = self.steps_per_epoch * c.epochs
+        self.warmup_steps = int(round(c.warmup_epochs * self.steps_per_epoch))
+        self.peak_lr = scaled_lr(c)
+        # position and running results
+        self.epoch, self.batch, self.step, self.best_top1 = 0, 0, 0, -1.0
+        self.epoch_sums: dict[str, float] = {}
+        self.teacher_val_logits: Optional[torch.Tensor] = None
+        self.metrics: dict[str, Any] = {}
+
+    def _build_teacher(self):
+        from ..teacher import load_teacher
+
+        c, rt = self.config, self.rt
+        if c.distillation == "none":
+            return None, {}
+        teacher, info = load_teacher(c.teacher, c.teacher_weights, num_classes=self.train_data.num_classes,
+                                     in_chans=self.train_data.in_chans, img_size=self.train_data.img_size)
+        teacher = teacher.to(rt.device)
+        if rt.amp_dtype != torch.float16:  # the fused inference path (deit.speed) takes fp32 or bf16
+            from ..speed import prepare_model_for_inference
+
+            teacher.model = prepare_model_for_inference(teacher.model, rt.precision)
+        return teacher, info
+
+    # ------------------------------------------------------------------------------------------ state
+    def run_config(self) -> dict:
+        from ..data import describe
+        from ..models import model_spec
+
+        d = self.train_data
+        return {
+            "train": self.config.to_dict(),
+            "model": model_spec(self.model, self.config.model),
+            "data": describe(d),
+            "preprocessing": {"mean": list(d.mean), "std": list(d.std), "img_size": list(d.img_size),
+                              "in_chans": d.in_chans},
+            "teacher": self.teacher_info,
+            "precision": self.rt.precision,
+            "device": str(self.rt.device),
+            "world_size": self.rt.world_size,
+            "steps_per_epoch": self.steps_per_epoch,
+            "torch": torch.__version__,
+        }
+
+    def state_dict(self, epoch: int, batch: int) -> dict:
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None,
+            "epoch": epoch, "batch": batch, "step": self.step, "best_top1": self.best_top1,
+            "epoch_sums": self.epoch_sums, "rng": rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
+        self.best_top1, self.epoch_sums = state["best_top1"], state["epoch_sums"]
+        set_rng_state(state["rng"])
+
+    def save(self, epoch: int, batch: int) -> None:
+        """The resumable state after `batch` batches of `epoch`."""
+        self.writer.state(self.state_dict(epoch, batch))
+
+    # ------------------------------------------------------------------------------------------ steps
+    def lr(self, step: int) -> float:
+        c = self.config
+        return lr_at(step, self.total_steps, self.warmup_steps, self.peak_lr, c.warmup_lr, c.min_lr)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, batch_index: int) -> LossOutput:
+        lr = self.lr(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with self.rt.autocast():
+            loss = self.task.loss(x, y, self.step)
+        if not torch.isfinite(loss.total):
+            self.save(epoch, batch_index)  # the weights are still those before this step
+            raise FloatingPointError(f"loss is {loss.total.item()} at step {self.step}; state saved to "
+                                     f"{self.run_dir}, lower --lr or set --clip-grad")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss.total).backward()
+        if self.config.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.step)
+        return loss
+
+    def train_epoch(self, epoch: int, first_batch: int, stop_after_steps: Optional[int]) -> bool:
+        """Batches first_batch.. of `epoch`; True when stopped early by stop_after_steps."""
+        from tqdm import tqdm
+
+        c = self.config
+        self.model.train()
+        self.train_loader.set_epoch(epoch)
+        if first_batch == 0:
+            self.epoch_sums = {"loss": 0.0, "base": 0.0, "distill": 0.0, "n": 0, "images": 0,
+                               "compute_s": 0.0, "wait_s": 0.0}
+        sums = self.epoch_sums
+        bar = tqdm(total=self.steps_per_epoch, initial=first_batch, desc=f"epoch {epoch + 1}/{c.epochs}",
+                   disable=not (c.progress and self.rt.is_main), dynamic_ncols=True, leave=False)
+        batches = iter(self.train_loader.iterate(first_batch))
+        last_save = time.monotonic()
+        try:
+            for batch_index in range(first_batch, self.steps_per_epoch):
+                t0 = time.perf_counter()
+                x, y = next(batches)
+                t1 = time.perf_counter()
+                loss = self.train_step(x, y, epoch, batch_index)
+                t2 = time.perf_counter()
+                sums["loss"] += loss.total.item()
+                sums["base"] += loss.base.item()
+                sums["distill"] += loss.distill.item() if loss.distill is not None else 0.0
+                sums["n"] += 1
+                sums["images"] += len(x)
+                sums["wait_s"] += t1 - t0
+                sums["compute_s"] += t2 - t1
+                bar.update(1)
+                bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.3f}", lr=f"{self.lr(self.step - 1):.2e}",
+                                ims=f"{len(x) / (t2 - t0):.0f}")
+                if stop_after_steps is not None and self.step >= stop_after_steps:
+                    self.save(epoch, batch_index + 1)
+                    return True
+                if time.monotonic() - last_save > c.save_every_minutes * 60:
+                    self.save(epoch, batch_index + 1)
+                    last_save = time.monotonic()
+        finally:
+            bar.close()
+        return False
+
+    def evaluate(self) -> dict[str, Any]:
+        c, rt = self.config, self.rt
+        if self.teacher is not None and self.teacher_val_logits is None:  # the frozen teacher's: once per run
+            self.teacher_val_logits = predict(self.teacher, self.val_loader, rt.device, rt.amp_dtype, c.progress,
+                                              desc="teacher eval", rt=rt)["logits"]
+        metrics = evaluate(self.model, self.val_loader, rt.device, rt.amp_dtype, self.teacher_val_logits,
+                           c.progress, rt=rt)
+        if self.ema is not None:
+            ema_metrics = evaluate(self.ema.module, self.val_loader, rt.device, rt.amp_dtype, rt=rt)
+            metrics.update({"ema_top1": ema_metrics["top1"], "ema_top5": ema_metrics["top5"]})
+        return metrics
+
+    def end_epoch(self, epoch: int) -> None:
+        """Evaluate when due, log the epoch, save weights and state."""
+        c, sums = self.config, self.epoch_sums
+        n = max(1, sums["n"])
+        elapsed = sums["wait_s"] + sums["compute_s"]
+        row: dict[str, Any] = {
+            "epoch": epoch + 1, "step": self.step, "lr": self.lr(self.step - 1),
+            "train_loss": sums["loss"] / n, "train_base_loss": sums["base"] / n,
+            "train_distill_loss": sums["distill"] / n,
+            "images_per_s": sums["images"] * self.rt.world_size / max(elapsed, 1e-9),
+            "data_wait_fraction": sums["wait_s"] / max(elapsed, 1e-9),
+            "epoch_time_s": elapsed,
+        }
+        if epoch + 1 == c.epochs or (epoch + 1) % c.eval_every == 0:
+            self.metrics = self.evaluate()
+            row.update({f"val_{k}": v for k, v in self.metrics.items() if not k.startswith("disagree")})
+            if self.metrics["top1"] > self.best_top1:
+                self.best_top1 = self.metrics["top1"]
+                self.writer.weights(self.model, c.model, "best.safetensors")
+        self.writer.log(row)
+        summary = f"epoch {epoch + 1}/{c.epochs}: loss {row['train_loss']:.4f}, {row['images_per_s']:.0f} im/s"
+        if "val_top1" in row:
+            summary += f", val top-1 {row['val_top1']:.2f}%"
+            if "val_top1_cls" in row and "val_top1_dist" in row:
+                summary += f" (cls {row['val_top1_cls']:.2f}, dist {row['val_top1_dist']:.2f})"
+        self.rt.print(summary)
+        self.writer.weights(self.model, c.model, "model.safetensors")
+        if self.ema is not None:
+            self.writer.weights(self.ema.module, c.model, "ema.safetensors")
+        self.save(epoch + 1, 0)
+
+    # ------------------------------------------------------------------------------------------ the run
+    def fit(self, stop_after_steps: Optional[int] = None) -> RunResult:
+        c = self.config
+        num_params = sum(p.numel() for p in self.model.parameters())
+        self.rt.print(f"deit train: {c.model} ({num_params:,} params) on {c.data} ({len(self.train_data):,} train / "
+                      f"{len(self.val_data):,} val), {c.epochs} epochs x {self.steps_per_epoch} steps, "
+                      f"{self.rt.precision} on {self.rt.device}, distillation={c.distillation} -> {self.run_dir}")
+        start_epoch, start_batch = self.epoch, self.batch
+        for epoch in range(start_epoch, c.epochs):
+            first_batch = start_batch if epoch == start_epoch else 0
+            if self.train_epoch(epoch, first_batch, stop_after_steps):
+                return RunResult(self.run_dir, {})
+            self.end_epoch(epoch)
+
+        log_rows = read_log(self.run_dir) if self.rt.is_main else []
+        metrics = dict(self.metrics)
+        metrics.update({
+            "model": c.model, "params": num_params, "best_top1": self.best_top1, "epochs": c.epochs,
+            "train_time_s": sum(r["epoch_time_s"] for r in log_rows),
+            "images_per_s": float(np.median([r["images_per_s"] for r in log_rows])) if log_rows else 0.0,
+            "data_wait_fraction": float(np.median([r["data_wait_fraction"] for r in log_rows])) if log_rows else 0.0,
+        })
+        self.writer.finish(metrics)
+        return RunResult(self.run_dir, metrics)
+
+
+def _resolve_run(config: TrainConfig | None, resume) -> tuple[TrainConfig, Path]:
+    if resume is None:
+        run_dir = Path(config.output) if config.output else default_output(config)
+        if (run_dir / STATE).exists():
+            raise ValueError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it "
+                             "or choose another --output")
+        return config, run_dir
+    run_dir = Path(resume)
+    saved = read_run_config(run_dir)
+    if saved is None or not (run_dir / STATE).exists():
+        raise FileNotFoundError(f"{run_dir} is not a resumable run (needs config.json and state.pt)")
+    saved_config = TrainConfig.from_dict(saved["train"])
+    if config is None:
+        return saved_config, run_dir
+    # Execution-only settings may change on resume; everything that shapes the result may not.
+    return saved_config.replace(**{k: getattr(config, k) for k in TrainConfig.execution_only()}), run_dir
+
+
+def fit(config: TrainConfig | None, resume: str | Path | None = None,
+        stop_after_steps: int | None = None) -> RunResult:
+    """Train `config` to the end, or resume the run in `resume` (with `config`, only its execution-only
+    settings apply: threads, progress, ...). `stop_after_steps` stops early, leaving a resumable run (used
+    to test exact resume and to split long runs)."""
+    config, run_dir = _resolve_run(config, resume)
+    check_config(config)  # everything that can be refused is checked before any training: cheap checks first
+    rt = setup_runtime(config.device, config.precision, config.threads, config.deterministic)
+    trainer = Trainer(config, run_dir, rt)
+    if resume is not None:
+        trainer.load_state_dict(load_state(run_dir, rt.device))
+        trainer.writer.keep_log_until(trainer.epoch)
+    else:
+        trainer.writer.start(trainer.run_config())
+    return trainer.fit(stop_after_steps)
+
+
+def fit_or_reuse(config: TrainConfig) -> RunResult:
+    """Train `config` into config.output, reusing a finished run of the same settings and resuming an
+    interrupted one; a directory holding a run of other settings is refused."""
+    import json
+
+    run_dir = Path(config.output)
+    saved_run = read_run_config(run_dir)
+    if saved_run is not None:
+        saved = TrainConfig.from_dict(saved_run["train"])
+        ignore = {k: None for k in TrainConfig.execution_only()}
+        if saved.replace(**ignore) != config.replace(**ignore):
+            differing = [k for k, v in config.to_dict().items() if saved.to_dict()[k] != v and k not in ignore]
+            raise ValueError(f"{run_dir} holds a run with other settings ({', '.join(differing)}); "
+                             "delete it or choose another output directory")
+        if (run_dir / "metrics.json").exists():
+            print(f"reusing the finished run in {run_dir}", flush=True)
+            return RunResult(run_dir, json.loads((run_dir / "metrics.json").read_text()))
+        if (run_dir / STATE).exists():
+            print(f"resuming the interrupted run in {run_dir}", flush=True)
+            return fit(config, resume=run_dir)
+    return fit(config)
