@@ -197,7 +197,7 @@ def test_imagefolder_mixed_modes(tmp_path):
     save(Image.new("CMYK", (12, 12), (0, 255, 255, 0)), tmp_path / "train/emu/cmyk.tif")  # red in CMYK
     save(Image.new("L", (12, 12), 30), tmp_path / "val/dog/gray.png")
 
-    data = load_data(f"imagefolder:{tmp_path}", "train", img_size=8)
+    data = load_data(f"imagefolder:{tmp_path}", "train", img_size=8, cache_images=True)
     assert data.classes == ["cat", "dog", "emu"] and data.images.shape == (5, 3, 8, 8)
     assert data.labels.tolist() == [0, 0, 1, 1, 2]  # sorted files within sorted classes: gray, rgb, palette, rgba
     pixel = data.images[:, :, 4, 4].tolist()
@@ -205,7 +205,7 @@ def test_imagefolder_mixed_modes(tmp_path):
     assert pixel[2] == [10, 200, 10] and pixel[3] == [255, 255, 255] and pixel[4] == [255, 0, 0]
     assert data.mean == (0.485, 0.456, 0.406)
 
-    val = load_data(f"imagefolder:{tmp_path}", "val", img_size=8)
+    val = load_data(f"imagefolder:{tmp_path}", "val", img_size=8, cache_images=True)
     assert val.classes == data.classes and val.labels.tolist() == [1] and val.in_chans == 3  # channels follow train
 
 
@@ -213,7 +213,7 @@ def test_imagefolder_grayscale(tmp_path):
     save(Image.new("L", (9, 9), 77), tmp_path / "train/a/x.png")
     save(Image.new("1", (9, 9), 1), tmp_path / "train/b/x.png")
     save(Image.fromarray(np.full((9, 9), 32896, dtype=np.uint16)), tmp_path / "train/b/y.png")  # 16-bit: scaled
-    data = load_data(f"imagefolder:{tmp_path}", "train", img_size=6)
+    data = load_data(f"imagefolder:{tmp_path}", "train", img_size=6, cache_images=True)
     assert data.images.shape == (3, 1, 6, 6) and data.mean == (0.449,)
     assert data.images[:, 0, 3, 3].tolist() == [77, 255, 128]
 
@@ -224,7 +224,7 @@ def test_imagefolder_errors(tmp_path):
         load_data(f"imagefolder:{tmp_path}", "train")
     save(Image.new("L", (9, 9)), tmp_path / "val/zebra/x.png")
     with pytest.raises(ValueError, match=r"\['zebra'\].*no folder in"):
-        load_data(f"imagefolder:{tmp_path}", "val", img_size=8)
+        load_data(f"imagefolder:{tmp_path}", "val", img_size=8, cache_images=True)
     (tmp_path / "empty/train/a").mkdir(parents=True)
     with pytest.raises(ValueError, match="no images"):
         load_data(f"imagefolder:{tmp_path / 'empty'}", "train", img_size=8)

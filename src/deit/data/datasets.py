@@ -8,36 +8,51 @@ import torch.nn.functional as F
 
 from ..config import TrainConfig
 from .builtin import CIFAR_STATS, load_cifar, load_fashion_mnist
-from .folder import load_imagefolder
+from .folder import FolderData, load_imagefolder
 from .imagedata import ImageData
+from .listing import list_split
 from .subsets import stratified_subset
 
 SPLITS = ("train", "val")
 
 
-
-
-def describe(data: ImageData, val: ImageData | None = None) -> dict:
-    """What a run config records about its data."""
+def describe(data: ImageData | FolderData, val: ImageData | FolderData | None = None) -> dict:
+    """What a run config records about its data; a streamed folder adds its eval crop ratio and skipped files."""
     sizes = {data.split: len(data)}
     if val is not None:
         sizes[val.split] = len(val)
-    return {"name": data.name, "sizes": sizes, "num_classes": data.num_classes, "in_chans": data.in_chans,
-            "img_size": list(data.img_size), "mean": list(data.mean), "std": list(data.std),
-            "classes": list(data.classes)}
+    record = {"name": data.name, "sizes": sizes, "num_classes": data.num_classes, "in_chans": data.in_chans,
+              "img_size": list(data.img_size), "mean": list(data.mean), "std": list(data.std),
+              "classes": list(data.classes)}
+    streamed = [d for d in (data, val) if isinstance(d, FolderData)]
+    if streamed:
+        record["stream"] = {"eval_crop_ratio": streamed[0].eval_crop_ratio,
+                            "skipped": {d.split: len(d.skipped) for d in streamed}}
+    return record
 
 
-def load_data(name: str, split: str = "train", data_dir: str | None = None,
-              img_size: int | None = None, download: bool = True) -> ImageData:
-    """Load a split ("train" or "val") of "fashion-mnist", "cifar10", "cifar100" or "imagefolder:PATH" into memory.
+def load_data(name: str, split: str = "train", data_dir: str | None = None, img_size: int | None = None,
+              download: bool = True, *, cache_images: bool = False, eval_crop_ratio: float = 0.875,
+              skip_bad_images: bool = False) -> ImageData | FolderData:
+    """Load a split ("train" or "val") of "fashion-mnist", "cifar10", "cifar100" or "imagefolder:PATH".
 
-    For fashion-mnist and cifar the val split is the official test set. img_size resizes at load (bilinear, antialiased)
-    when it differs from the native size; imagefolder needs it (every image is decoded once at that size)."""
+    For fashion-mnist and cifar the val split is the official test set, held in memory. img_size resizes at load
+    (bilinear, antialiased) when it differs from the native size. An image folder needs img_size: it is listed and
+    checked, and streamed (a FolderData, decoded per sample by the loader at img_size, eval crops at eval_crop_ratio),
+    or with cache_images decoded once into memory at img_size. skip_bad_images leaves out files that fail the check
+    (listed in .skipped of a FolderData) instead of raising."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     key = name.lower()
     if key.startswith("imagefolder:"):
-        return load_imagefolder(name.split(":", 1)[1], split, img_size)
+        path = name.split(":", 1)[1]
+        if cache_images:
+            return load_imagefolder(path, split, img_size, skip_bad_images)
+        if img_size is None:
+            raise ValueError(f"imagefolder:{path} needs img_size (--img-size): the size its images are cropped to")
+        if not 0 < eval_crop_ratio <= 1:
+            raise ValueError(f"eval_crop_ratio must be in (0, 1], got {eval_crop_ratio}")
+        return FolderData(list_split(path, split, skip_bad_images), img_size, eval_crop_ratio)
     if key in ("fashion-mnist", "fashion_mnist", "fashionmnist"):
         data = load_fashion_mnist(split, data_dir, download)
     elif key in CIFAR_STATS:
@@ -62,7 +77,9 @@ def _resize_uint8(images: torch.Tensor, size: int, chunk: int = 2048) -> torch.T
 
 def load_split(config: TrainConfig, split: str, download: bool = True):
     """The split a run trains or evaluates on: load_data with the config's data options, then its train subset."""
-    data = load_data(config.data, split, data_dir=config.data_dir, img_size=config.img_size, download=download)
+    data = load_data(config.data, split, data_dir=config.data_dir, img_size=config.img_size, download=download,
+                     cache_images=config.cache_images, eval_crop_ratio=config.eval_crop_ratio,
+                     skip_bad_images=config.skip_bad_images)
     if split == "train" and config.train_subset is not None:
         size = int(config.train_subset) if config.train_subset > 1 else float(config.train_subset)
         data = data.subset(stratified_subset(data.labels, size, config.seed))

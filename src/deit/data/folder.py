@@ -1,28 +1,22 @@
-"""Image folders (root/{train,val}/<class>/<image>): listing, decoding any PIL mode to L or RGB, and loading a split
-into memory at one size (also how `deit predict` decodes its inputs)."""
+"""Image folders (root/{train,val}/<class>/<image>): listing with cheap checks of every file, decoding any PIL mode to
+L or RGB, and loading a split into memory at one size (also how `deit predict` decodes its inputs)."""
 
 from __future__ import annotations
 
+import functools
+import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .imagedata import ImageData
+from .listing import (IMAGE_EXTENSIONS, IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD, IMAGENET_MEAN, IMAGENET_STD, JPEG,
+                      FolderListing, image_files, list_split)
 
-# Image folders use the ImageNet statistics (what DeiT and pretrained weights expect); a grayscale folder uses their
-# channel average, as timm does for in_chans=1. Fixed constants keep train and val normalised identically.
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD = (0.449,), (0.226,)
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
-
-
-def _is_grayscale_mode(mode: str) -> bool:
-    return mode in ("1", "L", "LA", "La", "I", "F") or mode.startswith("I;16")
-
-
-def image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+__all__ = ["IMAGE_EXTENSIONS", "IMAGENET_GRAY_MEAN", "IMAGENET_GRAY_STD", "IMAGENET_MEAN", "IMAGENET_STD",
+           "image_files", "decode_image", "load_imagefolder", "read_images", "FolderData"]
 
 
 def _convert_image(img, grayscale: bool):
@@ -52,32 +46,14 @@ def _resize_center_crop(img, size: int):
     return img.crop((left, top, left + size, top + size))
 
 
-def load_imagefolder(path: str, split: str, img_size: int | None) -> ImageData:
+def load_imagefolder(path: str, split: str, img_size: int | None, skip_bad_images: bool = False) -> ImageData:
+    """A split of an image folder decoded into memory at img_size (shorter side resized, bicubic; centre crop)."""
     if img_size is None:
         raise ValueError(f"imagefolder:{path} needs img_size: every image is decoded once into memory at that size")
-    root = Path(path).expanduser()
-    train_dir, split_dir = root / "train", root / split
-    for folder in {train_dir, split_dir}:
-        if not folder.is_dir():
-            raise FileNotFoundError(f"imagefolder:{path}: expected {folder} with one sub-folder per class")
-    classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir())
-    if not classes:
-        raise ValueError(f"imagefolder:{path}: no class folders in {train_dir}")
-    split_classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
-    unknown = sorted(set(split_classes) - set(classes))
-    if unknown:
-        raise ValueError(f"imagefolder:{path}: classes {unknown} in {split_dir} have no folder in {train_dir}")
-    files = [(f, label) for label, c in enumerate(classes) for f in image_files(split_dir / c)]
-    if not files:
-        raise ValueError(f"imagefolder:{path}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {split_dir}")
-
-    # The channel count is decided by the train split (headers only), so both splits agree.
-    train_files = [f for c in classes for f in image_files(train_dir / c)] if split != "train" else [f for f, _ in files]
-    grayscale = all(_is_grayscale_mode(_image_mode(f)) for f in train_files)
-    images = read_images([f for f, _ in files], img_size, grayscale)
-    labels = torch.tensor([label for _, label in files], dtype=torch.int64)
-    mean, std = (IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD) if grayscale else (IMAGENET_MEAN, IMAGENET_STD)
-    return ImageData(images, labels, classes, mean, std, f"imagefolder:{path}", split)
+    listing = list_split(path, split, skip_bad_images)
+    images = read_images([listing.files[i] for i in range(len(listing.files))], img_size, listing.grayscale)
+    mean, std = listing.stats
+    return ImageData(images, torch.from_numpy(listing.labels), listing.classes, mean, std, f"imagefolder:{path}", split)
 
 
 def read_images(files, img_size: int, grayscale: bool) -> torch.Tensor:
@@ -92,11 +68,6 @@ def read_images(files, img_size: int, grayscale: bool) -> torch.Tensor:
     return images
 
 
-def _image_mode(path: Path) -> str:
-    with _open_image(path) as img:  # reads the header only
-        return img.mode
-
-
 def _open_image(path: Path):
     from PIL import Image, UnidentifiedImageError
 
@@ -104,3 +75,79 @@ def _open_image(path: Path):
         return Image.open(path)
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"{path}: not a readable image ({e})") from e
+
+
+def decode_image(path: str, kind: int, grayscale: bool):
+    """One file -> a PIL image in "L" or "RGB" (as _convert_image makes it), for per-sample transforms. JPEGs with 1
+    or 3 components go through torchvision's decode_jpeg: the same libjpeg-turbo pixels as PIL's (tests check) in
+    about 2/3 of the time (docs/performance.md)."""
+    from PIL import Image
+
+    try:
+        decode_jpeg = _torchvision_jpeg_decoder() if kind == JPEG else None
+        if decode_jpeg is not None:
+            pixels = decode_jpeg(path)
+            if pixels.shape[0] in (1, 3):  # CMYK and others: PIL's conversions, as the in-memory path uses
+                hwc = pixels.permute(1, 2, 0).numpy()
+                img = Image.fromarray(hwc[..., 0] if hwc.shape[-1] == 1 else hwc)  # uint8: "L" or "RGB"
+                return _convert_image(img, grayscale)
+        with _open_image(Path(path)) as img:
+            img.load()
+            return _convert_image(img, grayscale)
+    except ValueError:
+        raise
+    except (OSError, RuntimeError, SyntaxError) as e:
+        raise ValueError(f"{path}: cannot decode ({e}); remove or replace the file") from e
+
+
+class FolderData:
+    """A split of an image folder, listed but not decoded: the loader's workers decode each sample when it is needed,
+    so memory does not grow with the folder. The same attributes as ImageData, less .images."""
+
+    def __init__(self, listing: FolderListing, img_size: int, eval_crop_ratio: float = 0.875):
+        self.listing, self.eval_crop_ratio = listing, eval_crop_ratio
+        self.name, self.split, self.classes = f"imagefolder:{listing.path}", listing.split, list(listing.classes)
+        self.mean, self.std = listing.stats
+        self.img_size = (img_size, img_size)  # the model's input size; files keep their own sizes
+        self.labels = torch.from_numpy(listing.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_chans(self) -> int:
+        return 1 if self.listing.grayscale else 3
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """(file, why) of every file left out by skip_bad_images."""
+        return self.listing.skipped
+
+    def __len__(self) -> int:
+        return len(self.listing.labels)
+
+    def decode(self, index: int):
+        """Sample `index` as a PIL image ("L" or "RGB") and its label."""
+        listing = self.listing
+        img = decode_image(listing.files[index], int(listing.kinds[index]), listing.grayscale)
+        return img, int(listing.labels[index])
+
+    def subset(self, indices) -> "FolderData":
+        indices = np.asarray(torch.as_tensor(indices, dtype=torch.long))
+        listing = replace(self.listing, files=self.listing.files.take(indices), labels=self.listing.labels[indices],
+                          kinds=self.listing.kinds[indices])
+        return FolderData(listing, self.img_size[0], self.eval_crop_ratio)
+
+
+@functools.lru_cache(maxsize=1)
+def _torchvision_jpeg_decoder():
+    """torchvision's JPEG decoder (path -> uint8 [C, H, W], channels as stored), or None where it is missing. Its
+    deprecation notice (torchvision 0.29 points to TorchCodec) is silenced: PIL takes over if it goes away."""
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg, read_file
+    except ImportError:
+        return None
+    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                            category=DeprecationWarning)
+    return lambda path: decode_jpeg(read_file(path), mode=ImageReadMode.UNCHANGED)

@@ -1,5 +1,5 @@
 """BatchLoader: batches of an in-memory split, each a pure function of (seed, epoch, batch index, rank), built in
-the training process or in DataLoader workers."""
+the training process or in DataLoader workers; make_loader picks it or the StreamLoader of a streamed folder."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import torch
 
 from .augment import (AugmentConfig, build_randaugment, pad_random_crop, random_erase_, random_resized_crop,
                       randaugment_batch)
+from .folder import FolderData
 from .imagedata import ImageData
 from .sampler import RepeatAugSampler
 from .seeding import derive_seed
+from .stream import StreamLoader, default_num_workers
 
 
 @contextlib.contextmanager
@@ -109,8 +111,12 @@ class BatchLoader:
     builds whole batches in persistent DataLoader worker processes, overlapping RandAugment with training."""
 
     def __init__(self, data: ImageData, batch_size: int, *, train: bool, augment: AugmentConfig | None = None,
-                 repeats: int = 1, seed: int = 0, device="cpu", num_workers: int = 0, drop_last: bool | None = None,
+                 repeats: int = 1, seed: int = 0, device="cpu", num_workers: int | None = 0,
+                 drop_last: bool | None = None,
                  world_size: int = 1, rank: int = 0, channels_last: bool = False):
+        if not isinstance(data, ImageData):
+            raise TypeError(f"BatchLoader needs an in-memory ImageData, got {type(data).__name__} ({data.name}): use "
+                            "make_loader, which streams a folder with StreamLoader")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if len(data) == 0:
@@ -132,7 +138,7 @@ class BatchLoader:
                              f"{batch_size} with drop_last; use a smaller batch or drop_last=False")
         self.builder = _BatchBuilder(data, batch_size, augment if train else None, self.sampler, eval_indices,
                                      seed, rank)
-        self.num_workers = num_workers
+        self.num_workers = num_workers = num_workers or 0  # None: in memory, the default is 0
         self._worker_loader = None
         if num_workers > 0:
             self._batches = _EpochBatches(self.num_batches)
@@ -169,3 +175,14 @@ class BatchLoader:
         if self.channels_last and tensor.dim() == 4:
             tensor = tensor.contiguous(memory_format=torch.channels_last)
         return tensor
+
+
+def make_loader(data, batch_size: int, *, train: bool, augment: AugmentConfig | None = None, repeats: int = 1,
+                seed: int = 0, device="cpu", num_workers: int | None = 0, world_size: int = 1, rank: int = 0, **kwargs):
+    """BatchLoader for an in-memory ImageData, StreamLoader for a streamed FolderData; the same contract (batch_size is
+    per rank). num_workers=None: default_num_workers(data)."""
+    if num_workers is None:
+        num_workers = default_num_workers(data)
+    loader_class = StreamLoader if isinstance(data, FolderData) else BatchLoader
+    return loader_class(data, batch_size, train=train, augment=augment, repeats=repeats, seed=seed, device=device,
+                        num_workers=num_workers, world_size=world_size, rank=rank, **kwargs)

@@ -10,6 +10,7 @@ import random
 import zlib
 
 import numpy as np
+import torch
 
 
 def derive_seed(seed: int, *keys) -> int:
@@ -29,3 +30,16 @@ def seeded_global_rng(seed: int):
     finally:
         random.setstate(python_state)
         np.random.set_state(numpy_state)
+
+
+@contextlib.contextmanager
+def seeded_rngs(seed: int):
+    """Seed python `random`, numpy's global RNG and torch's CPU generator (timm's per-sample transforms draw from all
+    three) and restore them after. torch's CUDA generators are left alone: torch.manual_seed would reseed them."""
+    torch_state = torch.default_generator.get_state()
+    torch.default_generator.manual_seed(seed)
+    try:
+        with seeded_global_rng(seed):
+            yield
+    finally:
+        torch.default_generator.set_state(torch_state)

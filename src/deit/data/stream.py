@@ -1,0 +1,160 @@
+"""StreamLoader: batches of a streamed image folder, each sample decoded and transformed in DataLoader workers.
+
+The same contract as BatchLoader (len, set_epoch, iterate(start_batch), __iter__; float32 normalised images and int64
+labels on `device`): train order from RepeatAugSampler, this rank's share rank::world_size, drop_last; eval order
+arange(rank, N, world_size), last partial batch kept. Every sample's augmentation is seeded by (seed, epoch, its
+position in the epoch's global order), so batch k of epoch e is a pure function of (seed, e, k, rank), and a sample is
+augmented identically whatever the world size or worker count."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from .augment import AugmentConfig
+from .folder import FolderData
+from .sampler import RepeatAugSampler
+from .seeding import derive_seed, seeded_rngs
+from .transforms import eval_transform, train_transform
+
+
+class _SampleReader(torch.utils.data.Dataset):
+    """Item (epoch, position, index): sample `index` decoded and transformed, its random draws seeded by
+    (seed, epoch, position) (timm's transforms draw from the python, numpy and torch global RNGs)."""
+
+    def __init__(self, data: FolderData, transform, seed: int, random: bool):
+        self.data, self.transform, self.seed, self.random = data, transform, seed, random
+
+    def __getitem__(self, key: tuple[int, int, int]):
+        epoch, position, index = key
+        img, label = self.data.decode(index)
+        if not self.random:
+            return self.transform(img), label
+        with seeded_rngs(derive_seed(self.seed, "sample", epoch, position)):
+            return self.transform(img), label
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+def _collate(samples):
+    images, labels = zip(*samples)
+    return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+
+
+def default_num_workers(data) -> int:
+    """Worker processes when none are asked for: a streamed folder decodes in min(8, usable cores - 1) workers (the
+    training process keeps a core); an in-memory split builds its batches in the training process (0)."""
+    if not isinstance(data, FolderData):
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores - 1))
+
+
+def _worker_init(_):
+    torch.set_num_threads(1)  # one core per worker; the training process keeps the rest
+
+
+class _BatchKeys(torch.utils.data.Sampler):
+    """Yields the sample keys of batches start.. of the current epoch; the loader sets epoch/start before each pass
+    (it runs in the main process, so this works with persistent workers)."""
+
+    def __init__(self, loader: "StreamLoader"):
+        self.loader, self.epoch, self.start = loader, 0, 0
+
+    def __iter__(self):
+        return (self.loader.batch_keys(self.epoch, k) for k in range(self.start, len(self.loader)))
+
+    def __len__(self) -> int:
+        return len(self.loader) - self.start
+
+
+class StreamLoader:
+    """Iterates batches of a FolderData: images float32 normalised [B, C, img_size, img_size] on `device`, labels
+    int64 [B]. batch_size is per rank. num_workers > 0 decodes in persistent worker processes (prefetch_factor
+    batches ahead each; persistent=False: started per pass and ended with it), 0 in this process."""
+
+    def __init__(self, data: FolderData, batch_size: int, *, train: bool, augment: AugmentConfig | None = None,
+                 repeats: int = 1, seed: int = 0, device="cpu", num_workers: int | None = 0, world_size: int = 1,
+                 rank: int = 0, drop_last: bool | None = None, channels_last: bool = False, prefetch_factor: int = 2,
+                 persistent: bool = True):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if len(data) == 0:
+            raise ValueError(f"{data.name} {data.split}: empty data set")
+        self.data, self.batch_size, self.train, self.seed = data, batch_size, train, seed
+        self.world_size, self.rank = world_size, rank
+        self.device, self.channels_last = torch.device(device), channels_last
+        self.drop_last = train if drop_last is None else drop_last
+        self.epoch, self._epoch_indices = 0, None
+        if train:
+            self.sampler = RepeatAugSampler(len(data), repeats, world_size, rank, seed)
+            num_indices = len(self.sampler)
+        else:
+            self.sampler = None
+            self.eval_indices = torch.arange(rank, len(data), world_size)
+            num_indices = len(self.eval_indices)
+        self.num_batches = num_indices // batch_size if self.drop_last else math.ceil(num_indices / batch_size)
+        if self.num_batches == 0:
+            raise ValueError(f"{data.name} {data.split}: {num_indices} samples per replica give no batch of "
+                             f"{batch_size} with drop_last; use a smaller batch or drop_last=False")
+        size = data.img_size[0]
+        if train:
+            transform = train_transform(augment, size, data.mean, data.std)
+        else:
+            transform = eval_transform(size, data.eval_crop_ratio, data.mean, data.std)
+        self.reader = _SampleReader(data, transform, seed, random=train and augment is not None)
+        self.num_workers = num_workers = default_num_workers(data) if num_workers is None else num_workers
+        self._keys = _BatchKeys(self)
+        self._worker_loader = None
+        if num_workers > 0:
+            self._worker_loader = torch.utils.data.DataLoader(
+                self.reader, batch_sampler=self._keys, num_workers=num_workers, collate_fn=_collate,
+                persistent_workers=persistent, worker_init_fn=_worker_init, pin_memory=self.device.type == "cuda",
+                prefetch_factor=prefetch_factor,
+                generator=torch.Generator())  # its own generator: the base-seed draw must not touch the global RNG
+
+    def batch_keys(self, epoch: int, k: int) -> list[tuple[int, int, int]]:
+        """(epoch, global position, sample index) of each sample of this rank's batch k."""
+        local = range(k * self.batch_size, min((k + 1) * self.batch_size, self._num_indices()))
+        if self.sampler is None:
+            return [(epoch, 0, int(self.eval_indices[j])) for j in local]
+        if self._epoch_indices is None or self._epoch_indices[0] != epoch:
+            self._epoch_indices = (epoch, self.sampler.indices(epoch).tolist())
+        indices = self._epoch_indices[1]
+        return [(epoch, self.rank + j * self.world_size, indices[j]) for j in local]
+
+    def _num_indices(self) -> int:
+        return len(self.sampler) if self.sampler is not None else len(self.eval_indices)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self):
+        return self.iterate(0)
+
+    def iterate(self, start_batch: int = 0):
+        """Batches start_batch, start_batch + 1, ... of the current epoch (for exact mid-epoch resume)."""
+        if not 0 <= start_batch <= self.num_batches:
+            raise ValueError(f"start_batch must be in 0..{self.num_batches}, got {start_batch}")
+        if self._worker_loader is None:
+            built = (_collate([self.reader[key] for key in self.batch_keys(self.epoch, k)])
+                     for k in range(start_batch, self.num_batches))
+        else:
+            self._keys.epoch, self._keys.start = self.epoch, start_batch
+            built = iter(self._worker_loader)
+        for images, labels in built:
+            yield self._to_device(images), self._to_device(labels)
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.to(self.device, non_blocking=self.device.type == "cuda")
+        if self.channels_last and tensor.dim() == 4:
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
+        return tensor
