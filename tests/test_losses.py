@@ -64,6 +64,16 @@ def test_none_is_base_only_on_class_head():
     assert out.distill is None
 
 
+def test_none_with_a_token_trains_both_heads_on_the_label():
+    dist = [[3.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
+    loss = DistillationLoss(nn.CrossEntropyLoss(), "none")
+    out = loss(outputs(True, dist=dist), torch.tensor(LABELS))
+    cls_ce = sum(ce(s, y) for s, y in zip(STUDENT, LABELS)) / 2
+    dist_ce = sum(ce(s, y) for s, y in zip(dist, LABELS)) / 2
+    assert out.total.item() == pytest.approx(0.5 * (cls_ce + dist_ce), rel=1e-6)
+    assert out.distill is None
+
+
 def test_token_hard_distillation_uses_dist_head():
     dist = [[3.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
     loss = DistillationLoss(nn.CrossEntropyLoss(), "hard", alpha=0.5)

@@ -1,6 +1,7 @@
 """DistillationLoss: the official DeiT loss wrapper, extended to every row of the paper's Table 3.
 
 total = (1 - alpha) * base(cls_logits, targets) + alpha * distill(student_logits, teacher_logits)
+(without a teacher, a model with a distillation token trains both heads on the label: the mean of both bases)
 
 The distillation term is applied to the distillation head when the model has one (DeiT with a token),
 else to the class head ("usual" soft or hard distillation without a token, which the official code refuses).
@@ -75,6 +76,10 @@ class DistillationLoss:
     def __call__(self, outputs, targets, teacher_logits: torch.Tensor | None = None) -> LossOutput:
         base = self.base_criterion(outputs.cls_logits.float(), targets)
         if self.distillation_type == "none":
+            if outputs.dist_logits is not None:
+                # No teacher: the distillation head learns from the label as well (as timm's distilled ViT
+                # does), instead of staying at its initialisation while evaluation averages it in.
+                base = 0.5 * (base + self.base_criterion(outputs.dist_logits.float(), targets))
             return LossOutput(total=base, base=base)
         if teacher_logits is None:
             raise ValueError(f"{self.distillation_type} distillation needs teacher logits")
