@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # module name under deit.cli -> registered in this order in --help
@@ -25,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:
         # Bad input or a missing optional package: one clear line, no traceback.
-        print(f"deit {args.command}: error: {e}", file=sys.stderr)
+        rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", 1)) > 1 else None
+        print(f"deit {args.command}: error{f' (rank {rank})' if rank else ''}: {e}", file=sys.stderr)
         return 2
 
 

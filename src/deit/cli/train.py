@@ -58,17 +58,31 @@ def register(sub) -> None:
                    help="recipe preset applied under explicit flags (default: the paper's Table 9)")
     p.add_argument("--config", default=None, help="JSON file of options (a run's config.json works)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run exactly")
+    p.add_argument("--stop-after-steps", type=int, default=None, metavar="N",
+                   help="stop after global step N, leaving a run that --resume continues (split a long run)")
     add_config_flags(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from deit.config import TrainConfig
     from deit.engine import fit
+    from deit.engine.run_dir import read_run_config
+    from deit.engine.runtime import launched_ranks
 
-    if args.resume:
-        result = fit(config=None, resume=args.resume)
+    stop = args.stop_after_steps
+    if args.resume:  # the saved recipe, with any execution-only flags given now (threads, progress, ...)
+        saved = read_run_config(args.resume)
+        given = {k: getattr(args, k) for k in TrainConfig.execution_only() if hasattr(args, k)}
+        config = TrainConfig.from_dict(saved["train"]).replace(**given) if saved and given else None
+        result = fit(config=config, resume=args.resume, stop_after_steps=stop)
     else:
-        result = fit(config_from_args(args))
+        result = fit(config_from_args(args), stop_after_steps=stop)
+    if launched_ranks()[1] != 0:
+        return 0
+    if not result.metrics:
+        print(f"stopped after step {stop}; continue with: deit train --resume {result.output}")
+        return 0
     keys = [k for k in ("top1", "top1_cls", "top1_dist", "top5") if k in result.metrics]
     print("final: " + ", ".join(f"{k} {result.metrics[k]:.2f}%" for k in keys) + f" -> {result.output}")
     return 0

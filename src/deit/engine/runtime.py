@@ -125,15 +125,67 @@ class Runtime:
         if self.is_main:
             print(*args, **kwargs, flush=True)
 
+    def all_reduce(self, values: list[float], op: str = "sum") -> list[float]:
+        """values summed (or their maximum taken) over all processes, in one small all-reduce."""
+        if not self.distributed:
+            return [float(v) for v in values]
+        import torch.distributed as dist
+
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.comm_device)
+        dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
+        return t.tolist()
+
+    def any(self, *flags: bool) -> list[bool]:
+        """Each flag, true when it is true on any process, so that every process takes the same branch: stop
+        on a non-finite loss, save now."""
+        return [v > 0 for v in self.all_reduce([float(f) for f in flags], op="max")]
+
+    def gather_objects(self, obj) -> list:
+        """obj of every process, in rank order, on every process (small Python objects: RNG states)."""
+        if not self.distributed:
+            return [obj]
+        import torch.distributed as dist
+
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def close(self) -> None:
+        if self.distributed:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def launched_ranks() -> tuple[int, int, int]:
+    """(world_size, rank, local_rank) as torchrun (or any launcher setting its variables) gives them."""
+    env = os.environ
+    return int(env.get("WORLD_SIZE", 1)), int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0))
+
 
 def setup_runtime(device: str = "auto", precision: str = "auto", threads: Optional[int] = None,
                   deterministic: bool = False) -> Runtime:
-    """Configure this process (threads, determinism) and say where it runs."""
+    """Configure this process (threads, determinism, the process group under torchrun) and say where it runs:
+    gloo on CPU, NCCL on CUDA with each process on cuda:LOCAL_RANK."""
     if threads:
         torch.set_num_threads(threads)
     if deterministic:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch_device = resolve_device(device)
-    return Runtime(torch_device, resolve_precision(precision, torch_device))
+    world_size, rank, local_rank = launched_ranks()
+    torch_device = resolve_device(device, local_rank)
+    rt = Runtime(torch_device, resolve_precision(precision, torch_device), world_size, rank, local_rank)
+    if rt.distributed:
+        import datetime
+
+        import torch.distributed as dist
+
+        if torch_device.type == "cuda":
+            torch.cuda.set_device(torch_device)
+        if not dist.is_initialized():
+            # A rank that fails ends the job (torchrun stops the others); the timeout bounds a silent hang.
+            dist.init_process_group("nccl" if torch_device.type == "cuda" else "gloo", rank=rank,
+                                    world_size=world_size, timeout=datetime.timedelta(minutes=30))
+    return rt

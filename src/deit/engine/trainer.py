@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
+from ..faults import fault_point
 from ..losses import LossOutput
 from .evaluate import evaluate, predict
 from .optim import build_optimizer, lr_at, scaled_lr
@@ -42,11 +43,24 @@ def model_overrides(config: TrainConfig, data) -> dict:
     return overrides
 
 
-def check_config(config: TrainConfig) -> None:
+def per_rank_batch(config: TrainConfig, world_size: int) -> int:
+    """--batch-size is the global batch: each of the world_size processes takes an equal share."""
+    if config.batch_size % world_size:
+        raise ValueError(f"--batch-size {config.batch_size} is the global batch and must divide evenly among "
+                         f"{world_size} processes; use a multiple of {world_size}")
+    share = config.batch_size // world_size
+    if config.mixing and share % 2:
+        raise ValueError(f"Mixup/CutMix need an even batch per process; {config.batch_size} over {world_size} "
+                         f"processes gives {share}: use a multiple of {2 * world_size}")
+    return share
+
+
+def check_config(config: TrainConfig, world_size: int = 1) -> None:
     """The refusals that need no data or model: cheap, before anything is loaded."""
     from ..models import model_family
 
     model_family(config.model)
+    per_rank_batch(config, world_size)
     if config.teacher is not None and config.distillation != "none" and not Path(config.teacher).is_dir() \
             and config.teacher_weights is None:
         raise ValueError(f"teacher {config.teacher!r} is not a run directory; give an architecture name "
@@ -58,7 +72,7 @@ class Trainer:
     position (epoch, batch within it, global step) with the best top-1 and the running epoch sums."""
 
     def __init__(self, config: TrainConfig, run_dir: Path, rt: Runtime):
-        from ..data import BatchLoader, augment_config, load_split
+        from ..data import augment_config, load_split, make_loader
         from ..models import create_model
 
         self.config, self.run_dir, self.rt = config, Path(run_dir), rt
@@ -76,12 +90,12 @@ class Trainer:
 
             self.ema = ModelEmaV3(self.model, decay=c.ema_decay)
         mixup = SeededMixup(c, self.train_data.num_classes, rt.rank) if c.mixing else None
-        self.task = DistillationTask(self.model, self.teacher, build_criterion(c), mixup)
+        self.task = DistillationTask(self._wrap_for_ranks(self.model), self.teacher, build_criterion(c), mixup)
 
-        self.train_loader = BatchLoader(self.train_data, c.batch_size, train=True, augment=augment_config(c),
-                                        repeats=c.repeats, seed=c.seed, device=rt.device,
-                                        num_workers=c.num_workers)
-        self.val_loader = BatchLoader(self.val_data, c.eval_batch_size, train=False, device=rt.device)
+        shard = dict(device=rt.device, num_workers=c.num_workers, world_size=rt.world_size, rank=rt.rank)
+        self.train_loader = make_loader(self.train_data, per_rank_batch(c, rt.world_size), train=True,
+                                        augment=augment_config(c), repeats=c.repeats, seed=c.seed, **shard)
+        self.val_loader = make_loader(self.val_data, c.eval_batch_size, train=False, **shard)
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(self.train_data)} training images give no full batch of {c.batch_size}; "
@@ -94,6 +108,16 @@ class Trainer:
         self.epoch_sums: dict[str, float] = {}
         self.teacher_val_logits: Optional[torch.Tensor] = None
         self.metrics: dict[str, Any] = {}
+
+    def _wrap_for_ranks(self, model: nn.Module) -> nn.Module:
+        """The student in DistributedDataParallel when there are several processes (gradients averaged over
+        ranks); the teacher and the EMA stay plain, one copy per process."""
+        if not self.rt.distributed:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [self.rt.device.index] if self.rt.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids)
 
     def _build_teacher(self):
         from ..teacher import load_teacher
@@ -135,7 +159,8 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None,
             "epoch": epoch, "batch": batch, "step": self.step, "best_top1": self.best_top1,
-            "epoch_sums": self.epoch_sums, "rng": rng_state(),
+            "epoch_sums": self.epoch_sums, "rng": rng_state(), "world_size": self.rt.world_size,
+            "rng_by_rank": self.rt.gather_objects(rng_state()) if self.rt.distributed else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -146,10 +171,14 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
         self.best_top1, self.epoch_sums = state["best_top1"], state["epoch_sums"]
-        set_rng_state(state["rng"])
+        by_rank = state.get("rng_by_rank")
+        if by_rank and len(by_rank) == self.rt.world_size:  # same world size: each process continues its own
+            set_rng_state(by_rank[self.rt.rank])
+        elif self.rt.rank == 0:  # another world size: rank 0 continues, the others keep their fresh seeds
+            set_rng_state(state["rng"])
 
     def save(self, epoch: int, batch: int) -> None:
-        """The resumable state after `batch` batches of `epoch`."""
+        """The resumable state after `batch` batches of `epoch` (called on every process at the same step)."""
         self.writer.state(self.state_dict(epoch, batch))
 
     # ------------------------------------------------------------------------------------------ steps
@@ -158,15 +187,19 @@ class Trainer:
         return lr_at(step, self.total_steps, self.warmup_steps, self.peak_lr, c.warmup_lr, c.min_lr)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, batch_index: int) -> LossOutput:
+        fault_point("step", rank=self.rt.rank, step=self.step)
         lr = self.lr(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with self.rt.autocast():
             loss = self.task.loss(x, y, self.step)
-        if not torch.isfinite(loss.total):
+        here = not torch.isfinite(loss.total)
+        (anywhere,) = self.rt.any(here)  # every rank stops, or none
+        if anywhere:
             self.save(epoch, batch_index)  # the weights are still those before this step
-            raise FloatingPointError(f"loss is {loss.total.item()} at step {self.step}; state saved to "
-                                     f"{self.run_dir}, lower --lr or set --clip-grad")
+            what = f"loss is {loss.total.item()}" if here else "another process's loss is not finite"
+            raise FloatingPointError(f"{what} at step {self.step}; state saved to {self.run_dir}, "
+                                     "lower --lr or set --clip-grad")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss.total).backward()
         if self.config.clip_grad is not None:
@@ -214,7 +247,9 @@ class Trainer:
                 if stop_after_steps is not None and self.step >= stop_after_steps:
                     self.save(epoch, batch_index + 1)
                     return True
-                if time.monotonic() - last_save > c.save_every_minutes * 60:
+                # The main process's clock decides, and every process saves at the same step.
+                (save_due,) = self.rt.any(self.rt.is_main and time.monotonic() - last_save > c.save_every_minutes * 60)
+                if save_due:
                     self.save(epoch, batch_index + 1)
                     last_save = time.monotonic()
         finally:
@@ -223,6 +258,7 @@ class Trainer:
 
     def evaluate(self) -> dict[str, Any]:
         c, rt = self.config, self.rt
+        fault_point("eval", rank=rt.rank, step=self.step)
         if self.teacher is not None and self.teacher_val_logits is None:  # the frozen teacher's: once per run
             self.teacher_val_logits = predict(self.teacher, self.val_loader, rt.device, rt.amp_dtype, c.progress,
                                               desc="teacher eval", rt=rt)["logits"]
@@ -235,16 +271,20 @@ class Trainer:
 
     def end_epoch(self, epoch: int) -> None:
         """Evaluate when due, log the epoch, save weights and state."""
-        c, sums = self.config, self.epoch_sums
+        c = self.config
+        # Losses averaged over every process's share of the batches (equal shares: the global batch's mean);
+        # images/s of the whole job, time from the main process.
+        keys = ("loss", "base", "distill", "n", "images")
+        sums = dict(self.epoch_sums, **dict(zip(keys, self.rt.all_reduce([self.epoch_sums[k] for k in keys]))))
         n = max(1, sums["n"])
         elapsed = sums["wait_s"] + sums["compute_s"]
         row: dict[str, Any] = {
             "epoch": epoch + 1, "step": self.step, "lr": self.lr(self.step - 1),
             "train_loss": sums["loss"] / n, "train_base_loss": sums["base"] / n,
             "train_distill_loss": sums["distill"] / n,
-            "images_per_s": sums["images"] * self.rt.world_size / max(elapsed, 1e-9),
+            "images_per_s": sums["images"] / max(elapsed, 1e-9),
             "data_wait_fraction": sums["wait_s"] / max(elapsed, 1e-9),
-            "epoch_time_s": elapsed,
+            "epoch_time_s": elapsed, "world_size": self.rt.world_size,
         }
         if epoch + 1 == c.epochs or (epoch + 1) % c.eval_every == 0:
             self.metrics = self.evaluate()
@@ -313,16 +353,22 @@ def fit(config: TrainConfig | None, resume: str | Path | None = None,
     """Train `config` to the end, or resume the run in `resume` (with `config`, only its execution-only
     settings apply: threads, progress, ...). `stop_after_steps` stops early, leaving a resumable run (used
     to test exact resume and to split long runs)."""
+    from .runtime import launched_ranks
+
     config, run_dir = _resolve_run(config, resume)
-    check_config(config)  # everything that can be refused is checked before any training: cheap checks first
+    # Everything that can be refused is checked before any training: cheap checks first.
+    check_config(config, world_size=launched_ranks()[0])
     rt = setup_runtime(config.device, config.precision, config.threads, config.deterministic)
-    trainer = Trainer(config, run_dir, rt)
-    if resume is not None:
-        trainer.load_state_dict(load_state(run_dir, rt.device))
-        trainer.writer.keep_log_until(trainer.epoch)
-    else:
-        trainer.writer.start(trainer.run_config())
-    return trainer.fit(stop_after_steps)
+    try:
+        trainer = Trainer(config, run_dir, rt)
+        if resume is not None:
+            trainer.load_state_dict(load_state(run_dir, rt.device))
+            trainer.writer.keep_log_until(trainer.epoch)
+        else:
+            trainer.writer.start(trainer.run_config())
+        return trainer.fit(stop_after_steps)
+    finally:
+        rt.close()
 
 
 def fit_or_reuse(config: TrainConfig) -> RunResult:

@@ -1,0 +1,7 @@
+"""`python -m deit ...` (and `torchrun ... -m deit train ...`)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
