@@ -65,7 +65,7 @@ def test_listing_is_lazy_and_describes_like_imagedata(jpeg_folder):
     assert data.subset([13]).listing.files[0] == data.listing.files[13]
 
 
-def test_fast_jpeg_decoder_gives_pil_pixels(jpeg_folder):
+def test_decoded_pixels_are_pils(jpeg_folder):
     data = load_data(f"imagefolder:{jpeg_folder}", "train", img_size=32)
     for i in (0, 20):
         with Image.open(data.listing.files[i]) as img:

@@ -9,7 +9,11 @@ import sys
 def register(sub) -> None:
     p = sub.add_parser("bench", help="throughput, memory, FLOPs and MFU of inference / a training step; "
                                      "optionally against timm, interleaved in one process")
-    p.add_argument("--model", required=True, help="registered model name (`deit models`)")
+    p.add_argument("--model", default=None, help="registered model name (`deit models`); required unless --loader")
+    p.add_argument("--loader", default=None, metavar="imagefolder:PATH",
+                   help="instead of a model: the streamed image-folder loader against timm's create_loader on this "
+                        "folder's train split (DeiT's train transforms), as images/s and a ratio")
+    p.add_argument("--workers", type=int, default=2, help="--loader: DataLoader worker processes (both loaders)")
     p.add_argument("--img-size", type=int, default=None, help="override the model's input size")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
@@ -32,6 +36,12 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    if args.loader:
+        return run_loader(args)
+    if not args.model:
+        print("deit bench: error: give --model NAME (or --loader imagefolder:PATH to time data loading)",
+              file=sys.stderr)
+        return 2
     from deit.bench import BenchConfig, format_report, run_bench
 
     cfg = BenchConfig(model=args.model, img_size=args.img_size, batch_size=args.batch_size,
@@ -42,4 +52,19 @@ def run(args) -> int:
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if not args.json else (lambda s: None)
     result = run_bench(cfg, log=log)
     print(json.dumps(result) if args.json else format_report(result))
+    return 0
+
+
+def run_loader(args) -> int:
+    from deit.bench_data import LoaderBenchConfig, format_loader_report, run_loader_bench
+
+    cfg = LoaderBenchConfig(data=args.loader, workers=args.workers, batch_size=args.batch_size,
+                            img_size=args.img_size or 224, windows=args.windows)
+    log = (lambda s: print(s, file=sys.stderr, flush=True)) if not args.json else (lambda s: None)
+    try:
+        result = run_loader_bench(cfg, log=log)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"deit bench: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result) if args.json else format_loader_report(result))
     return 0

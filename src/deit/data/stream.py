@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 import os
+import random
 
+import numpy as np
 import torch
 
 from .augment import AugmentConfig
@@ -32,7 +34,11 @@ class _SampleReader(torch.utils.data.Dataset):
         img, label = self.data.decode(index)
         if not self.random:
             return self.transform(img), label
-        with seeded_rngs(derive_seed(self.seed, "sample", epoch, position)):
+        seed = derive_seed(self.seed, "sample", epoch, position)
+        if torch.utils.data.get_worker_info() is not None:  # a worker's RNGs are its own: seed, no need to restore
+            random.seed(seed), np.random.seed(seed % 2**32), torch.default_generator.manual_seed(seed)
+            return self.transform(img), label
+        with seeded_rngs(seed):
             return self.transform(img), label
 
     def __len__(self) -> int:

@@ -1,0 +1,163 @@
+"""`deit bench --loader imagefolder:PATH`: the streamed image-folder loader against timm's create_loader on the same
+folder, transforms (DeiT's train recipe), batch size and worker count, as a ratio measured in one run.
+
+Each window starts fresh worker processes for one candidate only (no other candidate's workers run meanwhile), skips
+the first round of batches (worker start-up and the pipeline filling), and times the next ones; candidates alternate
+window by window and the median images/s is reported. Decode + augment throughput per worker = images/s / workers."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+RECIPE = dict(scale=(0.08, 1.0), hflip=0.5, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25)
+
+
+@dataclass(frozen=True)
+class LoaderBenchConfig:
+    data: str  # "imagefolder:PATH"
+    workers: int = 2
+    batch_size: int = 64
+    img_size: int = 224
+    windows: int = 3
+    batches: int = 0  # timed batches per window; 0: 4 per worker
+    seed: int = 0
+    candidates: tuple[str, ...] = ("ours", "timm")
+
+
+def process_tree_pss(pid: int | None = None) -> int:
+    """Proportional set size in bytes of a process and all its descendants (shared pages split among sharers), from
+    /proc/*/smaps_rollup (Linux)."""
+    pid = os.getpid() if pid is None else pid
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo.extend(children.get(p, []))
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return total
+
+
+def _ours(cfg: LoaderBenchConfig):
+    from .data import AugmentConfig, StreamLoader, load_data
+
+    data = load_data(cfg.data, "train", img_size=cfg.img_size)
+    augment = AugmentConfig(rrc_scale=RECIPE["scale"], hflip=RECIPE["hflip"], randaugment=RECIPE["auto_augment"],
+                            reprob=RECIPE["re_prob"])
+    loader = StreamLoader(data, cfg.batch_size, train=True, augment=augment, seed=cfg.seed, num_workers=cfg.workers,
+                          persistent=False)
+    return loader.iterate, len(data)
+
+
+def _timm(cfg: LoaderBenchConfig):
+    from timm.data import ImageDataset, create_loader
+
+    from .data.listing import IMAGENET_MEAN, IMAGENET_STD
+
+    dataset = ImageDataset(str(Path(cfg.data.split(":", 1)[1]).expanduser() / "train"))
+    loader = create_loader(dataset, input_size=(3, cfg.img_size, cfg.img_size), batch_size=cfg.batch_size,
+                           is_training=True, use_prefetcher=False, scale=RECIPE["scale"], hflip=RECIPE["hflip"],
+                           color_jitter=None, auto_augment=RECIPE["auto_augment"], interpolation="bicubic",
+                           re_prob=RECIPE["re_prob"], re_mode="pixel", re_count=1, mean=IMAGENET_MEAN,
+                           std=IMAGENET_STD, num_workers=cfg.workers, persistent_workers=False, device="cpu")
+    _posterize_fix(dataset.transform)
+    return lambda: iter(loader), len(dataset)
+
+
+def _posterize_fix(transform) -> None:
+    """timm's posterize raises on 0 bits with Pillow >= 13 (see augment._posterize_any_bits): the same fix as ours, so
+    the reference does not crash mid-run; the cost is the same."""
+    from timm.data import auto_augment
+
+    from .data.augment import _posterize_any_bits
+
+    for step in transform.transforms:
+        for op in getattr(step, "ops", []):
+            if op.aug_fn is auto_augment.posterize:
+                op.aug_fn = _posterize_any_bits
+
+
+def _window(make_iterator, skip: int, timed: int, batch_size: int, pss: list) -> float:
+    iterator = make_iterator()
+    for _ in range(skip):
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(timed):
+        next(iterator)
+    elapsed = time.perf_counter() - start
+    pss.append(process_tree_pss())
+    if hasattr(iterator, "close"):
+        iterator.close()
+    del iterator  # shuts this candidate's workers down before the next window
+    return timed * batch_size / elapsed
+
+
+def run_loader_bench(cfg: LoaderBenchConfig, log=print) -> dict:
+    import torch
+
+    if not cfg.data.lower().startswith("imagefolder:"):
+        raise ValueError(f"--loader needs imagefolder:PATH, got {cfg.data!r}")
+    if cfg.workers < 1:
+        raise ValueError(f"--workers must be >= 1 (worker processes decode), got {cfg.workers}")
+    torch.set_num_threads(1)
+    builders = {"ours": lambda: _ours(cfg), "timm": lambda: _timm(cfg)}
+    unknown = set(cfg.candidates) - set(builders)
+    if unknown:
+        raise ValueError(f"unknown candidates {sorted(unknown)}; choose from {sorted(builders)}")
+    made = {name: builders[name]() for name in cfg.candidates}
+    timed = cfg.batches or 4 * cfg.workers
+    images = next(iter(made.values()))[1]
+    if images < cfg.batch_size * (cfg.workers + timed):
+        raise ValueError(f"{cfg.data}: {images} train images are too few for {cfg.workers + timed} batches of "
+                         f"{cfg.batch_size}; use a smaller --batch-size or --batches")
+    rates: dict[str, list[float]] = {name: [] for name in made}
+    pss: dict[str, list[int]] = {name: [] for name in made}
+    for w in range(cfg.windows):
+        for name, (make_iterator, _) in made.items():
+            rates[name].append(_window(make_iterator, cfg.workers, timed, cfg.batch_size, pss[name]))
+            log(f"window {w + 1}/{cfg.windows} {name}: {rates[name][-1]:.1f} images/s")
+    medians = {name: statistics.median(r) for name, r in rates.items()}
+    result = {"config": {**cfg.__dict__, "candidates": list(cfg.candidates), "timed_batches": timed},
+              "images_per_s": medians, "per_worker": {k: v / cfg.workers for k, v in medians.items()},
+              "windows": rates, "peak_pss_gb": {k: max(v) / 2**30 for k, v in pss.items()}, "cpu": _cpu_model()}
+    if "timm" in medians:
+        result["ratio_vs_timm"] = {k: v / medians["timm"] for k, v in medians.items() if k != "timm"}
+    return result
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def format_loader_report(result: dict) -> str:
+    c = result["config"]
+    lines = [f"{c['data']} train, {c['img_size']} px, batch {c['batch_size']}, {c['workers']} workers, "
+             f"{c['timed_batches']} timed batches x {c['windows']} windows ({result['cpu']})"]
+    for name, rate in result["images_per_s"].items():
+        ratio = result.get("ratio_vs_timm", {}).get(name)
+        lines.append(f"  {name:9s} {rate:8.1f} images/s  {rate / c['workers']:7.1f} per worker"
+                     + f"  process tree {result['peak_pss_gb'][name]:.2f} GB PSS"
+                     + (f"  {ratio:.2f}x timm" if ratio is not None else ""))
+    return "\n".join(lines)
