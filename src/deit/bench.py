@@ -28,7 +28,7 @@ from torch import nn
 
 from .models import create_model, model_family
 from .engine.optim import make_optimizer_fast
-from .engine.runtime import precision_dtype
+from .engine.precision import precision_dtype
 from .speed import prepare_model_for_inference, quantize_for_inference
 
 MODES = ("infer", "train")

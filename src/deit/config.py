@@ -72,7 +72,9 @@ class TrainConfig:
     kl_reduction: str = _f("official", "soft KL normalisation: official (sum/numel) | batchmean")
     # execution
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
-    precision: str = _f("auto", "auto (bf16 on CUDA and AMX CPUs, else fp32/fp16) | bf16 | fp16 (CUDA) | fp32")
+    precision: str = _f("auto", "auto (CUDA: bf16, else fp16; CPU: whichever of fp32 and bf16 a probe of the "
+                                 "model's own training step finds faster, cached per machine) | bf16 | fp16 (CUDA) "
+                                 "| fp32")
     seed: int = _f(0, "random seed")
     deterministic: bool = _f(False, "deterministic algorithms (bitwise-reproducible runs)")
     threads: Optional[int] = _f(None, "CPU threads for torch (default: torch's choice)", execution=True)

@@ -10,7 +10,8 @@ import torch
 from .checkpoint import load_run
 from .data import IMAGE_EXTENSIONS, BatchLoader, ImageData, image_files, read_images
 from .engine.evaluate import predict
-from .engine.runtime import resolve_device, resolve_precision
+from .engine.precision import resolve_precision
+from .engine.runtime import resolve_device
 
 
 @dataclass

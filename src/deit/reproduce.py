@@ -196,7 +196,8 @@ def predict_runs(run_dirs: dict[str, Path], **execution: Any) -> dict[str, dict[
     from .data import BatchLoader
     from .data import load_split
     from .engine.evaluate import predict
-    from .engine.runtime import resolve_device, resolve_precision
+    from .engine.precision import resolve_precision
+    from .engine.runtime import resolve_device
 
     config = TrainConfig.from_dict(json.loads((next(iter(run_dirs.values())) / "config.json").read_text())["train"])
     device = resolve_device(execution.get("device", "auto"))

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .engine.runtime import precision_dtype
+from .engine.precision import precision_dtype
 from .models.cnn import BasicBlock, SmallResNet
 from .models.vit import DeiTOutput, VisionTransformer
 

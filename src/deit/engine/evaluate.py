@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TrainConfig
-from .runtime import Runtime, autocast, precision_name, resolve_device, resolve_precision
+from .precision import autocast, precision_name, resolve_precision
+from .runtime import Runtime, resolve_device
 
 
 def topk_correct(logits: torch.Tensor, targets: torch.Tensor, k: int) -> int:

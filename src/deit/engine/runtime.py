@@ -1,10 +1,9 @@
-"""Where and how a run executes: device, precision and autocast, processes (torch.distributed), RNG state.
+"""Where a run executes: device, processes (torch.distributed), RNG state; with its precision (deit.engine.precision).
 
-One table of precisions, one seeding helper, one place that knows about ranks."""
+One seeding helper, one place that knows about ranks."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 from dataclasses import dataclass
@@ -13,21 +12,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-# The one precision table: name -> the dtype of the computation (fp32: no autocast).
-PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from .precision import autocast, precision_name, resolve_precision
 
 
-def precision_dtype(name: str) -> torch.dtype:
-    if name not in PRECISION_DTYPES:
-        raise ValueError(f"precision must be one of {', '.join(PRECISION_DTYPES)}, got {name!r}")
-    return PRECISION_DTYPES[name]
-
-
-def precision_name(dtype: Optional[torch.dtype]) -> str:
-    """The name of an autocast dtype (None: fp32)."""
-    return {None: "fp32", **{d: n for n, d in PRECISION_DTYPES.items()}}[dtype]
-
-
+# ----------------------------------------------------------------------------------------------- device
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """auto: this process's GPU (cuda:LOCAL_RANK under torchrun) when there is one, else the CPU."""
     if name == "auto":
@@ -39,32 +27,6 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         if device.index is None:
             device = torch.device("cuda", local_rank)
     return device
-
-
-def cpu_has_fast_bf16() -> bool:
-    """bf16 pays off on CPUs with AMX tiles; with AVX-512-BF16 alone, fp32 matmuls measured faster here
-    (docs/performance.md)."""
-    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(check and check())
-
-
-def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype, or None for fp32. auto: bf16 on CUDA that has it (else fp16), bf16 on CPUs with AMX,
-    fp32 on other CPUs."""
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_has_fast_bf16() else None
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("fp16 training needs CUDA (a grad scaler); on CPU use --precision bf16 or fp32")
-    dtype = precision_dtype(precision)
-    return None if dtype == torch.float32 else dtype
-
-
-def autocast(device: torch.device, dtype: Optional[torch.dtype]):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------------------------- randomness

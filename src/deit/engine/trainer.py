@@ -18,6 +18,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..faults import fault_point
+from ..finetune import apply as apply_finetune, prepare as prepare_finetune
 from ..losses import LossOutput
 from .evaluate import evaluate, predict
 from .optim import build_optimizer, lr_at, scaled_lr
@@ -71,16 +72,22 @@ class Trainer:
     """One run of one process. State that a resume restores: weights, optimiser, scaler, EMA, RNG, and the
     position (epoch, batch within it, global step) with the best top-1 and the running epoch sums."""
 
-    def __init__(self, config: TrainConfig, run_dir: Path, rt: Runtime):
+    def __init__(self, config: TrainConfig, run_dir: Path, rt: Runtime, recorded_precision: Optional[str] = None):
+        """recorded_precision: what a resumed run trained in (its config.json), kept rather than probed again."""
         from ..data import augment_config, load_split, make_loader
         from ..models import create_model
 
         self.config, self.run_dir, self.rt = config, Path(run_dir), rt
         self.writer = RunWriter(run_dir, enabled=rt.is_main)
         c = config
+        # A fine-tuning source is read and checked before the data; a resumed run (state.pt present: a new run
+        # refuses such a directory) takes its weights from the state instead.
+        source = prepare_finetune(c) if not (self.run_dir / STATE).exists() else None
         self.train_data, self.val_data = load_split(c, "train"), load_split(c, "val")
         seed_everything(c.seed + rt.rank)  # per-rank randomness (stochastic depth); the weights start equal
         self.model = create_model(c.model, **model_overrides(c, self.train_data)).to(rt.device)
+        self.finetune_info = apply_finetune(self.model, source, c, self.train_data.classes, rt.print)
+        self.precision_probe = self._choose_precision(recorded_precision)
         self.teacher, self.teacher_info = self._build_teacher()
         self.optimizer = build_optimizer(self.model, c)
         self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
@@ -108,6 +115,25 @@ class Trainer:
         self.epoch_sums: dict[str, float] = {}
         self.teacher_val_logits: Optional[torch.Tensor] = None
         self.metrics: dict[str, Any] = {}
+
+    def _choose_precision(self, recorded: Optional[str]):
+        """--precision auto on a CPU: measure the model's step in fp32 and bf16 and keep the faster (every rank
+        takes the main process's answer). Returns the probe (None when nothing was measured)."""
+        from .precision import PROBE_CANDIDATES, probe_training_precision, resolve_precision
+
+        c, rt = self.config, self.rt
+        if recorded is not None:
+            rt.amp_dtype = resolve_precision(recorded, rt.device)
+            return None
+        if c.precision != "auto" or rt.device.type != "cpu":
+            return None
+        d = self.train_data
+        probe = probe_training_precision(self.model, (per_rank_batch(c, rt.world_size), d.in_chans, *d.img_size),
+                                         c.model)
+        (index,) = rt.all_reduce([PROBE_CANDIDATES.index(probe.choice) if rt.is_main else 0])
+        rt.amp_dtype = resolve_precision(PROBE_CANDIDATES[int(index)], rt.device)
+        rt.print(probe.summary())
+        return probe
 
     def _wrap_for_ranks(self, model: nn.Module) -> nn.Module:
         """The student in DistributedDataParallel when there are several processes (gradients averaged over
@@ -147,7 +173,9 @@ class Trainer:
             "preprocessing": {"mean": list(d.mean), "std": list(d.std), "img_size": list(d.img_size),
                               "in_chans": d.in_chans},
             "teacher": self.teacher_info,
+            **({"finetune": self.finetune_info} if self.finetune_info else {}),
             "precision": self.rt.precision,
+            "precision_probe": self.precision_probe.to_dict() if self.precision_probe else None,
             "device": str(self.rt.device),
             "world_size": self.rt.world_size,
             "steps_per_epoch": self.steps_per_epoch,
@@ -360,7 +388,8 @@ def fit(config: TrainConfig | None, resume: str | Path | None = None,
     check_config(config, world_size=launched_ranks()[0])
     rt = setup_runtime(config.device, config.precision, config.threads, config.deterministic)
     try:
-        trainer = Trainer(config, run_dir, rt)
+        recorded = (read_run_config(run_dir) or {}).get("precision") if resume is not None else None
+        trainer = Trainer(config, run_dir, rt, recorded_precision=recorded)
         if resume is not None:
             trainer.load_state_dict(load_state(run_dir, rt.device))
             trainer.writer.keep_log_until(trainer.epoch)
