@@ -314,6 +314,7 @@ class Trainer:
             "data_wait_fraction": sums["wait_s"] / max(elapsed, 1e-9),
             "epoch_time_s": elapsed, "world_size": self.rt.world_size,
         }
+        row["skipped_images"] = sum(len(getattr(d, "skipped", ())) for d in (self.train_data, self.val_data))
         if epoch + 1 == c.epochs or (epoch + 1) % c.eval_every == 0:
             self.metrics = self.evaluate()
             row.update({f"val_{k}": v for k, v in self.metrics.items() if not k.startswith("disagree")})
