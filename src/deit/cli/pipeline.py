@@ -6,6 +6,9 @@ import time
 def register(sub) -> None:
     p = sub.add_parser("pipeline", help="the main job: CNN teacher, then a distilled DeiT student; one table")
     p.add_argument("--output", default="runs/pipeline", help="artifacts go here (teacher/, student/, pipeline.md)")
+    p.add_argument("--minutes", type=float, default=20.0,
+                   help="finish within this many minutes: a quarter for the teacher, the rest for the student, each "
+                        "schedule sized to the speed measured in its first steps (0: the presets' epochs)")
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--train-subset", type=float, default=None, help="stratified subset: count or fraction")
@@ -25,9 +28,9 @@ def run(args) -> int:
     from deit.pipeline import run_pipeline
 
     options = {k: v for k, v in vars(args).items()
-               if k not in ("func", "command", "output") and v is not None}
+               if k not in ("func", "command", "output", "minutes") and v is not None}
     start = time.monotonic()
-    result = run_pipeline(args.output, **options)
+    result = run_pipeline(args.output, minutes=args.minutes or None, **options)
     print()
     print(result["table"])
     print(f"\npipeline finished in {(time.monotonic() - start) / 60:.1f} min; artifacts in {args.output}")
