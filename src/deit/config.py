@@ -24,6 +24,11 @@ class TrainConfig:
     model: str = _f("deit_mini_distilled_patch7_28", "registered model name (`deit models`)")
     drop_path: Optional[float] = _f(0.1, "stochastic depth rate (linear rule); None keeps the model's")
     combine: str = _f("mean_logits", "how a distilled model combines its heads: mean_logits|mean_softmax|cls|dist")
+    finetune: Optional[str] = _f(None, "start from trained weights: a run directory, an official .pth, a timm state "
+                                       "dict (.pth/.safetensors) or a Hugging Face directory; the model is the "
+                                       "source's when it says (else --model); heads, pos_embed and channels are "
+                                       "adapted to the data (deit.finetune)")
+    linear_probe: bool = _f(False, "with --finetune: train only the classification head(s), the rest frozen")
     # data
     data: str = _f("fashion-mnist", "fashion-mnist | cifar10 | cifar100 | imagefolder:PATH")
     data_dir: Optional[str] = _f(None, "where the data set lies (default: its standard location)")
@@ -102,6 +107,8 @@ class TrainConfig:
             (self.precision in ("auto", "bf16", "fp16", "fp32"),
              f"precision must be auto, bf16, fp16 or fp32, got {self.precision!r}"),
             (self.train_subset is None or self.train_subset > 0, "train_subset must be > 0"),
+            (not self.linear_probe or self.finetune, "--linear-probe needs --finetune SOURCE: a probe of random "
+                                                     "features learns little"),
             (not (self.mixup > 0 or self.cutmix > 0) or self.batch_size % 2 == 0,
              "Mixup/CutMix need an even batch_size"),
         ]

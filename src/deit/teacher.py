@@ -5,19 +5,36 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
 class LogitsOnly(nn.Module):
-    """Wraps any classifier so that it returns a plain logits tensor."""
+    """Wraps any classifier so that it returns a plain logits tensor. input_size: the (H, W) the model takes;
+    other inputs are resized to it (bicubic, as DeiT's image transforms), so a teacher trained at one resolution
+    can teach a student fine-tuned at another."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, input_size: tuple[int, int] | None = None):
         super().__init__()
-        self.model = model
+        self.model, self.input_size = model, input_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_size is not None and tuple(x.shape[-2:]) != self.input_size:
+            x = F.interpolate(x, size=self.input_size, mode="bicubic", align_corners=False,
+                              antialias=x.shape[-2] > self.input_size[0])
         out = self.model(x)
         return out.logits if hasattr(out, "logits") else out
+
+
+def _input_size(model: nn.Module) -> tuple[int, int] | None:
+    """The fixed input size of a model that has one (ours, timm ViTs); None for one that takes any (CNNs)."""
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "patch_size"):
+        return tuple(config.img_size)
+    embed = getattr(model, "patch_embed", None)
+    if embed is not None and getattr(embed, "strict_img_size", False) and getattr(embed, "img_size", None):
+        return tuple(embed.img_size)
+    return None
 
 
 def _build_architecture(name: str, num_classes: int, in_chans: int) -> nn.Module:
@@ -59,7 +76,10 @@ def load_teacher(spec: str, weights: str | None, *, num_classes: int, in_chans: 
         model = _build_architecture(spec, num_classes, in_chans)
         result = load_checkpoint(weights, model)
         info = {"teacher": spec, "teacher_weights": str(weights), "format": result.format}
-    teacher = LogitsOnly(model).eval().requires_grad_(False)
+    input_size = _input_size(model)
+    teacher = LogitsOnly(model, input_size).eval().requires_grad_(False)
+    if input_size is not None and input_size != tuple(img_size):
+        info["resized_input"] = {"from": list(img_size), "to": list(input_size), "mode": "bicubic"}
     config = getattr(model, "config", None)
     if config is not None:  # our models say what they take: check before running anything
         if config.num_classes != num_classes:
@@ -70,7 +90,9 @@ def load_teacher(spec: str, weights: str | None, *, num_classes: int, in_chans: 
         try:
             out = teacher(torch.zeros(2, in_chans, *img_size))
         except Exception as e:
-            raise ValueError(f"teacher cannot take the data's {in_chans}x{img_size[0]}x{img_size[1]} images: {e}") from None
+            raise ValueError(f"teacher cannot take the data's {in_chans}x{img_size[0]}x{img_size[1]} images"
+                             f"{f' resized to {input_size[0]}x{input_size[1]}' if info.get('resized_input') else ''}: "
+                             f"{e}") from None
     if out.shape != (2, num_classes):
         raise ValueError(f"teacher outputs shape {tuple(out.shape[1:])} per image but the data has {num_classes} classes")
     return teacher, info

@@ -43,6 +43,13 @@ def config_from_args(args):
             loaded = json.load(f)
         base = loaded.get("train", loaded)  # a run's config.json or a plain option dict
         TrainConfig.from_dict(base)  # unknown keys: one clear error
+    source = given.get("finetune", base.get("finetune"))
+    if source and "model" not in given and "model" not in base:
+        from deit.finetune import source_model_name
+
+        name = source_model_name(source)  # the architecture the source says it is, over the preset's
+        if name is not None:
+            given["model"] = name
     preset = getattr(args, "preset", None)
     if preset is not None:
         return preset_config(preset, **{**base, **given})
