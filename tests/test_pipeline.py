@@ -28,6 +28,27 @@ def test_pipeline_trains_teacher_then_student_and_reuses_them(tmp_path, fmnist_d
     assert student_config["distillation"] == "hard" and student_config["teacher"].endswith("teacher")
 
 
+def test_pipeline_minutes_size_both_schedules_to_the_budget(tmp_path, fmnist_dir):
+    # No wall-clock assertion (shared machines); what is checked: each run calibrated its schedule against its
+    # share of the budget and the table says how many epochs each got.
+    options = dict(data_dir=fmnist_dir, train_subset=600, progress=False, threads=2, precision="fp32",
+                   teacher_model="resnet8_small")
+    result = run_pipeline(tmp_path / "p", minutes=2.0, **options)
+    teacher = json.loads((tmp_path / "p" / "teacher" / "config.json").read_text())
+    student = json.loads((tmp_path / "p" / "student" / "config.json").read_text())
+    assert teacher["train"]["time_budget_minutes"] == 0.5
+    assert 1.0 <= student["train"]["time_budget_minutes"] < 1.5  # what the teacher left (at least a minute)
+    for run, saved in (("teacher", teacher), ("student", student)):
+        plan = saved["schedule"]
+        assert plan["budget_s"] == pytest.approx(saved["train"]["time_budget_minutes"] * 60)
+        assert plan["epochs"] == pytest.approx(plan["total_steps"] / saved["steps_per_epoch"])
+        log = [json.loads(line) for line in (tmp_path / "p" / run / "log.jsonl").read_text().splitlines()]
+        assert log[-1]["step"] == plan["total_steps"]  # the run ended where its schedule did
+    epochs = [r["epochs"] for r in result["rows"]]
+    assert epochs[0] == teacher["schedule"]["epochs"] and epochs[1] == student["schedule"]["epochs"]
+    assert "| epochs |" in result["table"]
+
+
 def test_pipeline_refuses_a_directory_holding_other_settings(tmp_path, fmnist_dir):
     options = dict(data_dir=fmnist_dir, train_subset=300, teacher_epochs=1, student_epochs=1,
                    progress=False, teacher_model="resnet8_small", precision="fp32")
@@ -41,6 +62,8 @@ def test_reproduce_commands_rebuild_the_same_configs(study, tmp_path):
     """commands.txt is exact: each printed command parses back to the run's config."""
     s = STUDIES[study]
     for row in s.teachers + s.rows:
+        if row.teacher_checkpoint is not None:
+            continue  # its teacher is chosen from finished runs: tests/test_small_canvas.py
         config = row_config(s, row, 1, tmp_path)
         command = train_command(config, row.preset)
         args = build_parser().parse_args(shlex.split(command)[1:])
@@ -88,3 +111,14 @@ def test_data_efficiency_table_pairs_each_fraction_with_its_teacher_and_runs(tmp
     assert "Partial: 3 of 6" in table
     plot_study(study, results, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_train_without_a_preset_never_runs_the_imagenet_recipe_on_small_data(capsys):
+    parser = build_parser()
+    config = config_from_args(parser.parse_args(["train", "--epochs", "2"]))
+    assert (config.batch_size, config.epochs, config.repeats) == (64, 2, 1)  # fmnist-cpu, explicit flags win
+    assert "using fmnist-cpu" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="no small-data recipe for cifar10"):
+        config_from_args(parser.parse_args(["train", "--data", "cifar10"]))
+    imagenet = config_from_args(parser.parse_args(["train", "--preset", "deit", "--data", "cifar10"]))
+    assert imagenet.batch_size == 1024  # asked for by name
