@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import pickle
 import re
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from .fileio import atomic_write, write_json
 from .models import (
     ViTConfig,
     VisionTransformer,
@@ -57,23 +57,13 @@ class LoadResult:
 # ----------------------------------------------------------------------------------------------- writing
 
 
-def _atomic_write(path: Path, write) -> None:
-    """write(tmp_path) then rename over `path`: readers never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _write_json(path: Path, data: dict) -> None:
-    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+    write_json(path, data)
 
 
 def _write_safetensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -125,6 +115,28 @@ def _first_line(error: Exception) -> str:
     return (text[0] if text else type(error).__name__)[:200]
 
 
+# Modules whose functions run commands or code: a pickle that names one is an attack, not a checkpoint, and is
+# refused outright (bare names are builtins: eval, exec, getattr, __import__). Other unknown globals (an
+# argparse.Namespace, a PosixPath) become inert stand-ins; either way nothing a file names is ever called.
+CODE_MODULES = frozenset({"os", "posix", "nt", "sys", "subprocess", "commands", "builtins", "__builtin__", "shutil",
+                          "importlib", "runpy", "pty", "socket", "ctypes", "pickle", "_pickle", "marshal", "code",
+                          "codeop", "webbrowser", "multiprocessing", "signal", "io", "_io", "tempfile", "pathlib.Path"})
+
+
+def _pickled_global(error: Exception) -> str | None:
+    """The global a weights-only load refused, as the file names it."""
+    found = re.search(r"GLOBAL (\S+?)(?: was not an allowed global| whose module)", str(error))
+    return found.group(1) if found else None
+
+
+def refuse_code(file: Path, name: str) -> None:
+    """ValueError when the pickled global `name` is one that runs code."""
+    module = name.split(".")[0]
+    if "." not in name or module in CODE_MODULES or name.rsplit(".", 1)[0] in CODE_MODULES:
+        raise ValueError(f"{file} holds pickled code (it calls {name}); refused, nothing in it was run. "
+                         "Load only checkpoints from sources you trust")
+
+
 def _torch_load(file: Path) -> Any:
     stand_ins: list[str] = []
     while True:
@@ -132,10 +144,12 @@ def _torch_load(file: Path) -> Any:
             with torch.serialization.safe_globals([(_StandIn, name) for name in stand_ins]):
                 return torch.load(file, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            found = re.search(r"GLOBAL (\S+) was not an allowed global", str(e))
-            if not found or found.group(1) in stand_ins:
+            found = _pickled_global(e)
+            if found is not None:
+                refuse_code(file, found)
+            if found is None or found in stand_ins:
                 raise ValueError(f"{file} is not a readable checkpoint: {_first_line(e)}") from None
-            stand_ins.append(found.group(1))
+            stand_ins.append(found)
         except Exception as e:  # truncated zip, garbage after a pickle header, ...
             raise ValueError(f"{file} is not a readable checkpoint: {_first_line(e)}") from None
 
@@ -160,6 +174,9 @@ def _read_weights_file(file: Path) -> tuple[dict[str, Tensor], str | None]:
     if _is_safetensors(head):
         state_dict, metadata = _read_safetensors(file)
         return state_dict, "deit" if metadata.get("format") == "deit" else None
+    if file.suffix == ".safetensors":  # never read a file named safetensors as a pickle
+        raise ValueError(f"{file} is not a safetensors file (its header is not one); the file is damaged or was "
+                         "replaced: restore it or train again")
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch zip archive / legacy pickle
         raise ValueError(f"{file} is not a checkpoint: neither a safetensors nor a torch file")
     obj = _torch_load(file)

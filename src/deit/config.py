@@ -53,6 +53,9 @@ class TrainConfig:
     weight_decay: float = _f(0.05, "AdamW weight decay (none on norms, biases, pos_embed, cls_token)")
     opt_eps: float = _f(1e-8, "AdamW epsilon")
     clip_grad: Optional[float] = _f(None, "clip the gradient norm to this value")
+    skip_nonfinite: bool = _f(False, "skip a step whose loss or gradient is not finite and count it in log.jsonl, "
+                                     "instead of stopping the run at it (may be turned on to resume such a run)",
+                              execution=True)
     # regularisation and augmentation (Table 9)
     smoothing: float = _f(0.1, "label smoothing")
     mixup: float = _f(0.8, "Mixup alpha (0 disables)")

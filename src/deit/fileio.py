@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Callable
+
+from .faults import fault_point
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
@@ -20,11 +23,33 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        fault_point("write", file=path.name)  # the new file complete but not yet in place (crash tests)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except OSError as e:
+        # A full disk or an unwritable directory: say which file, and that the previous one still stands.
+        kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+        raise type(e)(e.errno, f"could not write {path}: {e.strerror or e}; {kept}") from None
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def check_writable(folder: str | Path, flag: str = "--output") -> None:
+    """ValueError unless files can be created in `folder`, or in the first of its parents that exists (nothing is
+    created): tried with a real anonymous file, since permission bits say nothing for root, a read-only mount or
+    a file standing where a directory should be."""
+    folder = Path(folder).absolute()
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"cannot create {folder}: {existing} is a file, not a directory; choose another {flag}")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise ValueError(f"cannot write in {existing} ({e.strerror}); choose another {flag}") from None
 
 
 def _fsync_dir(folder: Path) -> None:

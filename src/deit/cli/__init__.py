@@ -26,9 +26,17 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:
         # Bad input or a missing optional package: one clear line, no traceback.
-        rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", 1)) > 1 else None
-        print(f"deit {args.command}: error{f' (rank {rank})' if rank else ''}: {e}", file=sys.stderr)
+        _error_line(args.command, e)
         return 2
+    except (OSError, FloatingPointError) as e:
+        # A full disk, an unwritable directory, a non-finite loss: one line saying what happened and what was kept.
+        _error_line(args.command, e)
+        return 1
+
+
+def _error_line(command: str, error: Exception) -> None:
+    rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", 1)) > 1 else None
+    print(f"deit {command}: error{f' (rank {rank})' if rank else ''}: {error}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -71,18 +71,38 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def resume_config(args):
+    """The saved recipe with the execution-only flags given now, or None when none is given. A flag that would
+    change the recipe is refused: ignoring it silently would train something else than the command says."""
     from deit.config import TrainConfig
-    from deit.engine import fit
     from deit.engine.run_dir import read_run_config
+
+    saved = read_run_config(args.resume)
+    if saved is None:
+        return None  # fit says what a resumable run needs
+    if not isinstance(saved.get("train"), dict):
+        raise ValueError(f"{args.resume} is not a run of `deit train` (its config.json has no training options)")
+    try:
+        recipe = TrainConfig.from_dict(saved["train"])
+    except ValueError as e:  # options this version does not have: written by another version of deit
+        raise ValueError(f"{args.resume} cannot be resumed by this version of deit: {e}") from None
+    execution = set(TrainConfig.execution_only())
+    changed = [f.name for f in dataclasses.fields(TrainConfig)
+               if f.name not in execution and hasattr(args, f.name) and getattr(args, f.name) != getattr(recipe, f.name)]
+    if changed:
+        flags = ", ".join(f"--{k.replace('_', '-')} (the run has {getattr(recipe, k)!r})" for k in changed)
+        raise ValueError(f"{flags} cannot change on --resume; drop it, or start a new run with another --output")
+    given = {k: getattr(args, k) for k in execution if hasattr(args, k)}
+    return recipe.replace(**given) if given else None
+
+
+def run(args) -> int:
+    from deit.engine import fit
     from deit.engine.runtime import launched_ranks
 
     stop = args.stop_after_steps
     if args.resume:  # the saved recipe, with any execution-only flags given now (threads, progress, ...)
-        saved = read_run_config(args.resume)
-        given = {k: getattr(args, k) for k in TrainConfig.execution_only() if hasattr(args, k)}
-        config = TrainConfig.from_dict(saved["train"]).replace(**given) if saved and given else None
-        result = fit(config=config, resume=args.resume, stop_after_steps=stop)
+        result = fit(config=resume_config(args), resume=args.resume, stop_after_steps=stop)
     else:
         result = fit(config_from_args(args), stop_after_steps=stop)
     if launched_ranks()[1] != 0:

@@ -16,7 +16,9 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
+from ..faults import fault_point
 from ..fileio import atomic_write, write_json
+from .state_file import read_state, save_state
 
 CONFIG, STATE, LOG, METRICS, CURVES = "config.json", "state.pt", "log.jsonl", "metrics.json", "curves.png"
 
@@ -27,7 +29,12 @@ def default_output(config: TrainConfig) -> Path:
 
 def read_run_config(run_dir: Path) -> dict | None:
     path = Path(run_dir) / CONFIG
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not readable JSON ({e}); it is not a run directory of `deit train`") from None
 
 
 def read_log(run_dir: Path) -> list[dict]:
@@ -44,7 +51,7 @@ def read_log(run_dir: Path) -> list[dict]:
 
 
 def load_state(run_dir: Path, device: torch.device) -> dict:
-    return torch.load(Path(run_dir) / STATE, map_location=device, weights_only=False)
+    return read_state(Path(run_dir) / STATE, device)
 
 
 class RunWriter:
@@ -66,22 +73,30 @@ class RunWriter:
 
         if self.enabled:
             save_model(model, self.run_dir, name=name, filename=filename)
+            fault_point("saved", file=filename)  # between two files of a checkpoint (crash tests)
 
     def state(self, state: dict[str, Any]) -> None:
         if self.enabled:
-            atomic_write(self.run_dir / STATE, lambda tmp: torch.save(state, tmp))
+            atomic_write(self.run_dir / STATE, lambda tmp: save_state(state, tmp))
+            fault_point("saved", file=STATE)
 
     def log(self, row: dict[str, Any]) -> None:
+        """Appends a row; the whole (small) log is rewritten atomically, so a crash never tears a line."""
         if self.enabled:
-            with open(self.run_dir / LOG, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            self._write_log(read_log(self.run_dir) + [row])
+            fault_point("saved", file=LOG)
+
+    def _write_log(self, rows: list[dict]) -> None:
+        atomic_write(self.run_dir / LOG, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in rows)))
 
     def keep_log_until(self, epoch: int) -> None:
         """On resume: drop log rows of epochs the saved state has not finished (a crash after the row was
-        written and before the state was saved would otherwise leave that epoch logged twice)."""
+        written and before the state was saved would otherwise leave that epoch logged twice), and the
+        temporary files of writes a crash cut short."""
         if self.enabled:
-            rows = [r for r in read_log(self.run_dir) if r["epoch"] <= epoch]
-            atomic_write(self.run_dir / LOG, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in rows)))
+            self._write_log([r for r in read_log(self.run_dir) if r["epoch"] <= epoch])
+            for tmp in self.run_dir.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
 
     def finish(self, metrics: dict[str, Any]) -> None:
         if self.enabled:

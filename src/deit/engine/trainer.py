@@ -18,6 +18,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..faults import fault_point
+from ..fileio import check_writable
 from ..finetune import apply as apply_finetune, prepare as prepare_finetune
 from ..losses import LossOutput
 from .evaluate import evaluate, predict
@@ -192,7 +193,12 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as e:  # a state.pt copied from another run: one line, not the key-by-key listing
+            detail = (str(e).splitlines()[1:] or [str(e)])[0].strip()[:200]
+            raise ValueError(f"{self.run_dir / STATE} holds weights of another model than this run's "
+                             f"{self.config.model} (config.json): {detail}") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
@@ -207,7 +213,17 @@ class Trainer:
 
     def save(self, epoch: int, batch: int) -> None:
         """The resumable state after `batch` batches of `epoch` (called on every process at the same step)."""
+        self.check_finite()
         self.writer.state(self.state_dict(epoch, batch))
+
+    def check_finite(self) -> None:
+        """NaN or inf weights (or EMA weights) never overwrite a good checkpoint: the run stops, the last good
+        one in place. The same on every process: the weights are equal across ranks."""
+        for label, module in (("weights", self.model), ("EMA weights", self.ema.module if self.ema else None)):
+            tensors = [t for t in (module.state_dict().values() if module is not None else ()) if t.is_floating_point()]
+            if tensors and not torch.stack([torch.isfinite(t).all() for t in tensors]).all():
+                raise FloatingPointError(f"the {label} are not finite at step {self.step}; nothing saved, "
+                                         f"{self.run_dir} keeps the last good checkpoint")
 
     # ------------------------------------------------------------------------------------------ steps
     def lr(self, step: int) -> float:
@@ -221,24 +237,53 @@ class Trainer:
             group["lr"] = lr
         with self.rt.autocast():
             loss = self.task.loss(x, y, self.step)
-        here = not torch.isfinite(loss.total)
-        (anywhere,) = self.rt.any(here)  # every rank stops, or none
-        if anywhere:
-            self.save(epoch, batch_index)  # the weights are still those before this step
-            what = f"loss is {loss.total.item()}" if here else "another process's loss is not finite"
-            raise FloatingPointError(f"{what} at step {self.step}; state saved to {self.run_dir}, "
-                                     "lower --lr or set --clip-grad")
+        if fault_point("poison", what="loss", step=self.step):
+            loss.total = loss.total * float("nan")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss.total).backward()
-        if self.config.clip_grad is not None:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad)
+        grad_norm = self._grad_norm()
+        # Under fp16 the grad scaler itself skips steps with inf/NaN gradients (and lowers its scale).
+        bad_grad = grad_norm is not None and not self.scaler.is_enabled() and not torch.isfinite(grad_norm)
+        bad_loss = not torch.isfinite(loss.total)
+        anywhere = self.rt.any(bad_loss, bad_grad)  # one all-reduce: every rank steps, skips or stops together
+        if any(anywhere):
+            what = ("the loss" if anywhere[0] else "the gradient") + ("" if bad_loss or bad_grad else
+                                                                       " of another process")
+            if self.config.skip_nonfinite:  # the weights, optimiser and EMA stay as before this step
+                self.optimizer.zero_grad(set_to_none=True)
+                self.epoch_sums["skipped"] = self.epoch_sums.get("skipped", 0) + 1
+                self.rt.print(f"step {self.step}: {what} is not finite; step skipped (--skip-nonfinite)")
+                self.step += 1
+                zero = torch.zeros((), device=loss.total.device)
+                return LossOutput(zero, zero, zero if loss.distill is not None else None)
+            self.save(epoch, batch_index)  # the weights are still those before this step
+            raise FloatingPointError(f"{what} is not finite at step {self.step}; state saved to {self.run_dir}. "
+                                     "Lower --lr or set --clip-grad, or resume with --skip-nonfinite")
+        if self.config.clip_grad is not None:  # the norm measured above, unscaled: clip_grad_norm_'s own steps
+            nn.utils.clip_grads_with_norm_(self.model.parameters(), self.config.clip_grad, grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step += 1
+        if fault_point("poison", what="weights", step=self.step):
+            with torch.no_grad():
+                next(self.model.parameters()).view(-1)[0] = float("nan")
         if self.ema is not None:
             self.ema.update(self.model, step=self.step)
+            if fault_point("poison", what="ema", step=self.step):
+                with torch.no_grad():
+                    next(self.ema.module.parameters()).view(-1)[0] = float("nan")
         return loss
+
+    def _grad_norm(self) -> Optional[torch.Tensor]:
+        """The total gradient norm (unscaled), non-finite when any gradient is; None under fp16's grad scaler
+        when no clipping needs it."""
+        if self.scaler.is_enabled() and self.config.clip_grad is None:
+            return None
+        self.scaler.unscale_(self.optimizer)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if fault_point("poison", what="grad", step=self.step):
+            grads[0].view(-1)[0] = float("inf")
+        return nn.utils.get_total_norm(grads)
 
     def train_epoch(self, epoch: int, first_batch: int, stop_after_steps: Optional[int]) -> bool:
         """Batches first_batch.. of `epoch`; True when stopped early by stop_after_steps."""
@@ -249,7 +294,7 @@ class Trainer:
         self.train_loader.set_epoch(epoch)
         if first_batch == 0:
             self.epoch_sums = {"loss": 0.0, "base": 0.0, "distill": 0.0, "n": 0, "images": 0,
-                               "compute_s": 0.0, "wait_s": 0.0}
+                               "compute_s": 0.0, "wait_s": 0.0, "skipped": 0}
         sums = self.epoch_sums
         bar = tqdm(total=self.steps_per_epoch, initial=first_batch, desc=f"epoch {epoch + 1}/{c.epochs}",
                    disable=not (c.progress and self.rt.is_main), dynamic_ncols=True, leave=False)
@@ -300,11 +345,13 @@ class Trainer:
     def end_epoch(self, epoch: int) -> None:
         """Evaluate when due, log the epoch, save weights and state."""
         c = self.config
+        self.check_finite()  # before anything of this epoch is written
         # Losses averaged over every process's share of the batches (equal shares: the global batch's mean);
         # images/s of the whole job, time from the main process.
         keys = ("loss", "base", "distill", "n", "images")
         sums = dict(self.epoch_sums, **dict(zip(keys, self.rt.all_reduce([self.epoch_sums[k] for k in keys]))))
-        n = max(1, sums["n"])
+        skipped = self.epoch_sums.get("skipped", 0)  # the same on every process: they skip together
+        n = max(1, sums["n"] - skipped * self.rt.world_size)  # a skipped step adds 0 to the losses
         elapsed = sums["wait_s"] + sums["compute_s"]
         row: dict[str, Any] = {
             "epoch": epoch + 1, "step": self.step, "lr": self.lr(self.step - 1),
@@ -312,7 +359,7 @@ class Trainer:
             "train_distill_loss": sums["distill"] / n,
             "images_per_s": sums["images"] / max(elapsed, 1e-9),
             "data_wait_fraction": sums["wait_s"] / max(elapsed, 1e-9),
-            "epoch_time_s": elapsed, "world_size": self.rt.world_size,
+            "epoch_time_s": elapsed, "world_size": self.rt.world_size, "skipped_steps": skipped,
         }
         row["skipped_images"] = sum(len(getattr(d, "skipped", ())) for d in (self.train_data, self.val_data))
         if epoch + 1 == c.epochs or (epoch + 1) % c.eval_every == 0:
@@ -370,7 +417,10 @@ def _resolve_run(config: TrainConfig | None, resume) -> tuple[TrainConfig, Path]
     saved = read_run_config(run_dir)
     if saved is None or not (run_dir / STATE).exists():
         raise FileNotFoundError(f"{run_dir} is not a resumable run (needs config.json and state.pt)")
-    saved_config = TrainConfig.from_dict(saved["train"])
+    try:
+        saved_config = TrainConfig.from_dict(saved["train"])
+    except ValueError as e:  # written by another version of deit (options it has and this one lacks)
+        raise ValueError(f"{run_dir} cannot be resumed by this version of deit: {e}") from None
     if config is None:
         return saved_config, run_dir
     # Execution-only settings may change on resume; everything that shapes the result may not.
@@ -387,6 +437,7 @@ def fit(config: TrainConfig | None, resume: str | Path | None = None,
     config, run_dir = _resolve_run(config, resume)
     # Everything that can be refused is checked before any training: cheap checks first.
     check_config(config, world_size=launched_ranks()[0])
+    check_writable(run_dir)
     rt = setup_runtime(config.device, config.precision, config.threads, config.deterministic)
     try:
         recorded = (read_run_config(run_dir) or {}).get("precision") if resume is not None else None
@@ -396,6 +447,7 @@ def fit(config: TrainConfig | None, resume: str | Path | None = None,
             trainer.writer.keep_log_until(trainer.epoch)
         else:
             trainer.writer.start(trainer.run_config())
+            trainer.save(0, 0)  # resumable from the start: a crash in the first epoch loses nothing
         return trainer.fit(stop_after_steps)
     finally:
         rt.close()
