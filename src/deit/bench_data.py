@@ -93,14 +93,35 @@ def _posterize_fix(transform) -> None:
                 op.aug_fn = _posterize_any_bits
 
 
-def _window(make_iterator, skip: int, timed: int, batch_size: int, pss: list) -> float:
+def _cpu_seconds(pids) -> float:
+    """User + system CPU time of these processes so far (/proc/PID/stat), in seconds."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            continue
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _worker_pids(iterator) -> list[int]:
+    """The DataLoader worker processes behind a loader's iterator (ours wraps DataLoader's in a generator)."""
+    frame = getattr(iterator, "gi_frame", None)
+    inner = frame.f_locals.get("built") if frame is not None else iterator
+    return [w.pid for w in getattr(inner, "_workers", [])]
+
+
+def _window(make_iterator, skip: int, timed: int, batch_size: int, pss: list, cpu: list) -> float:
     iterator = make_iterator()
     for _ in range(skip):
         next(iterator)
-    start = time.perf_counter()
+    pids = _worker_pids(iterator)
+    start, start_cpu = time.perf_counter(), _cpu_seconds(pids)
     for _ in range(timed):
         next(iterator)
     elapsed = time.perf_counter() - start
+    cpu.append((_cpu_seconds(pids) - start_cpu) / (timed * batch_size) if pids else float("nan"))
     pss.append(process_tree_pss())
     if hasattr(iterator, "close"):
         iterator.close()
@@ -128,16 +149,25 @@ def run_loader_bench(cfg: LoaderBenchConfig, log=print) -> dict:
                          f"{cfg.batch_size}; use a smaller --batch-size or --batches")
     rates: dict[str, list[float]] = {name: [] for name in made}
     pss: dict[str, list[int]] = {name: [] for name in made}
+    cpu: dict[str, list[float]] = {name: [] for name in made}
     for w in range(cfg.windows):
         for name, (make_iterator, _) in made.items():
-            rates[name].append(_window(make_iterator, cfg.workers, timed, cfg.batch_size, pss[name]))
-            log(f"window {w + 1}/{cfg.windows} {name}: {rates[name][-1]:.1f} images/s")
+            rates[name].append(_window(make_iterator, cfg.workers, timed, cfg.batch_size, pss[name], cpu[name]))
+            log(f"window {w + 1}/{cfg.windows} {name}: {rates[name][-1]:.1f} images/s, "
+                f"{1e3 * cpu[name][-1]:.2f} ms worker CPU per image")
     medians = {name: statistics.median(r) for name, r in rates.items()}
+    cpu_medians = {name: statistics.median(c) for name, c in cpu.items()}
     result = {"config": {**cfg.__dict__, "candidates": list(cfg.candidates), "timed_batches": timed},
               "images_per_s": medians, "per_worker": {k: v / cfg.workers for k, v in medians.items()},
+              "worker_cpu_ms_per_image": {k: 1e3 * v for k, v in cpu_medians.items()},
               "windows": rates, "peak_pss_gb": {k: max(v) / 2**30 for k, v in pss.items()}, "cpu": _cpu_model()}
     if "timm" in medians:
+        # images/s ratio of the medians; the median of each window's ratio to timm's window next to it (less
+        # sensitive to load that changes between windows); timm's worker CPU per image over ours (load-insensitive)
         result["ratio_vs_timm"] = {k: v / medians["timm"] for k, v in medians.items() if k != "timm"}
+        result["paired_ratio_vs_timm"] = {k: statistics.median(a / b for a, b in zip(rates[k], rates["timm"]))
+                                          for k in medians if k != "timm"}
+        result["cpu_ratio_vs_timm"] = {k: cpu_medians["timm"] / v for k, v in cpu_medians.items() if k != "timm"}
     return result
 
 
@@ -160,4 +190,9 @@ def format_loader_report(result: dict) -> str:
         lines.append(f"  {name:9s} {rate:8.1f} images/s  {rate / c['workers']:7.1f} per worker"
                      + f"  process tree {result['peak_pss_gb'][name]:.2f} GB PSS"
                      + (f"  {ratio:.2f}x timm" if ratio is not None else ""))
+    for name, ms in result.get("worker_cpu_ms_per_image", {}).items():
+        ratio = result.get("cpu_ratio_vs_timm", {}).get(name)
+        paired = result.get("paired_ratio_vs_timm", {}).get(name)
+        lines.append(f"  {name:9s} {ms:8.2f} ms worker CPU per image"
+                     + (f"  {ratio:.2f}x timm by CPU; window-paired images/s {paired:.2f}x" if ratio else ""))
     return "\n".join(lines)

@@ -14,6 +14,7 @@ def register(sub) -> None:
                    help="instead of a model: the streamed image-folder loader against timm's create_loader on this "
                         "folder's train split (DeiT's train transforms), as images/s and a ratio")
     p.add_argument("--workers", type=int, default=2, help="--loader: DataLoader worker processes (both loaders)")
+    p.add_argument("--batches", type=int, default=0, help="--loader: timed batches per window (default 4 per worker)")
     p.add_argument("--img-size", type=int, default=None, help="override the model's input size")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
@@ -59,7 +60,7 @@ def run_loader(args) -> int:
     from deit.bench_data import LoaderBenchConfig, format_loader_report, run_loader_bench
 
     cfg = LoaderBenchConfig(data=args.loader, workers=args.workers, batch_size=args.batch_size,
-                            img_size=args.img_size or 224, windows=args.windows)
+                            img_size=args.img_size or 224, windows=args.windows, batches=args.batches)
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if not args.json else (lambda s: None)
     try:
         result = run_loader_bench(cfg, log=log)

@@ -46,8 +46,11 @@ class _SampleReader(torch.utils.data.Dataset):
 
 
 def _collate(samples):
+    """Stacked images and int64 labels. In a worker, default_collate stacks straight into shared memory, so the batch
+    crosses to the training process as a handle; a plain torch.stack would be copied into shared memory once more
+    (38 MB per 64 images at 224 px)."""
     images, labels = zip(*samples)
-    return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+    return torch.utils.data.default_collate(images), torch.tensor(labels, dtype=torch.int64)
 
 
 def default_num_workers(data) -> int:
