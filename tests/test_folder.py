@@ -2,6 +2,7 @@
 create_transform and DeiT's eval transform, agreement with the in-memory path, determinism and resume, sharding over
 ranks, and the errors for bad files and folders. Folders are built in tmp dirs from real Fashion-MNIST images."""
 
+import dataclasses
 import random
 import re
 
@@ -63,6 +64,9 @@ def test_listing_is_lazy_and_describes_like_imagedata(jpeg_folder):
     assert record["sizes"] == {"train": 36, "val": 12} and record["stream"]["eval_crop_ratio"] == 0.875
     assert data.subset([0, 13, 35]).labels.tolist() == [0, 1, 2]
     assert data.subset([13]).listing.files[0] == data.listing.files[13]
+    renormalised = dataclasses.replace(data, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))  # as evaluate_run does
+    assert renormalised.mean == (0.5,) * 3 and renormalised.img_size == (32, 32) and len(renormalised) == 36
+    assert renormalised.subset([1]).std == (0.25,) * 3 and data.mean != renormalised.mean
 
 
 def test_decoded_pixels_are_pils(jpeg_folder):
@@ -199,3 +203,67 @@ def test_folder_errors_before_any_work(tmp_path):
         load_data(f"imagefolder:{root}", "train", img_size=28, eval_crop_ratio=1.5)
     with pytest.raises(TypeError, match="use make_loader"):
         BatchLoader(load_data(f"imagefolder:{root}", "train", img_size=28), 2, train=True)
+
+
+def test_streamed_run_evaluates_and_predicts_as_it_trained(tmp_path, capsys):
+    """A streamed-folder run (28 px PNGs of real Fashion-MNIST images, one bad file skipped): `deit eval` gives exactly
+    the metrics training measured, `deit predict` on the val files agrees with them, and log.jsonl counts the skip."""
+    import json
+
+    from deit.cli import main as cli_main
+    from deit.config import preset_config
+    from deit.engine import fit
+
+    root = build_folder(tmp_path / "f", per_class=(100, 30))
+    (root / "train/tshirt/cut.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)  # no IEND: truncated
+    config = preset_config("fmnist-cpu", data=f"imagefolder:{root}", img_size=28, epochs=1, batch_size=50,
+                           eval_batch_size=64, warmup_epochs=0.2, eval_every=1, progress=False, threads=1,
+                           num_workers=1, skip_bad_images=True, precision="fp32", output=str(tmp_path / "run"))
+    result = fit(config)
+    trained = json.loads((result.output / "metrics.json").read_text())
+    rows = [json.loads(line) for line in (result.output / "log.jsonl").read_text().splitlines()]
+    assert trained["num_images"] == 90 and rows[-1]["skipped_images"] == 1
+    assert json.loads((result.output / "config.json").read_text())["data"]["stream"]["eval_crop_ratio"] == 0.875
+    capsys.readouterr()
+    assert cli_main(["eval", "--checkpoint", str(result.output), "--json", "--precision", "fp32", "--device", "cpu",
+                     "--batch-size", "64"]) == 0
+    evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("num_images", "top1", "top5", "top1_cls", "top1_dist"):
+        assert evaluated[key] == trained[key], key
+    assert evaluated["loss"] == pytest.approx(trained["loss"], rel=1e-6)
+    val_files = sorted((root / "val").rglob("*.png"))
+    assert cli_main(["predict", str(result.output), *map(str, val_files), "--json", "--top-k", "1", "--precision",
+                     "fp32", "--device", "cpu", "--batch-size", "64"]) == 0
+    predicted = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    correct = sum(p["top"][0][0] == f.parent.name for p, f in zip(predicted, val_files))
+    assert [p["file"] for p in predicted] == list(map(str, val_files))
+    assert 100.0 * correct / len(val_files) == trained["top1"]
+    # each file's probability is the model's on the val loader's input (the eval transform: resize to 32, crop 28)
+    from deit.checkpoint import load_run
+    from deit.engine.evaluate import predict
+
+    model, _ = load_run(result.output, "model")
+    val = load_data(f"imagefolder:{root}", "val", img_size=28)
+    probs = predict(model, make_loader(val, 64, train=False), torch.device("cpu"), None)["logits"].softmax(-1)
+    assert [str(val.listing.files[i]) for i in range(len(val))] == list(map(str, val_files))
+    assert torch.allclose(torch.tensor([p["top"][0][1] for p in predicted]), probs.max(-1).values, atol=1e-6)
+    # `deit analyze` streams the val split too: its confusion matrix scores what training did; its attention
+    # pictures are the eval crops, which normalised are the loader's input
+    from deit.analyze import analyze, normalised, prepare_runs, val_pixels
+
+    run, = prepare_runs([result.output], max_val=5)
+    first, _ = next(iter(make_loader(val, 5, train=False)))
+    assert torch.equal(normalised(run.val, 5, val_pixels(run.val, 5)), first)
+    written = analyze([result.output], tmp_path / "analysis", num_images=4, batch_size=64, device="cpu")
+    confusion = json.loads(written["run"]["confusion_json"].read_text())
+    assert confusion["top1"] == trained["top1"] and confusion["num_images"] == 90
+
+
+def test_loader_bench_reports_ratios(jpeg_folder):
+    from deit.bench_data import LoaderBenchConfig, format_loader_report, run_loader_bench
+
+    result = run_loader_bench(LoaderBenchConfig(f"imagefolder:{jpeg_folder}", workers=1, batch_size=4, img_size=32,
+                                                windows=1, batches=2), log=lambda s: None)
+    assert set(result["images_per_s"]) == {"ours", "timm"} and result["ratio_vs_timm"]["ours"] > 0
+    assert result["worker_cpu_ms_per_image"]["ours"] > 0 and result["cpu_ratio_vs_timm"]["ours"] > 0
+    assert "x timm by CPU" in format_loader_report(result)

@@ -227,8 +227,10 @@ def prepare_runs(run_dirs, *, weights: str = "model", data: str | None = None, d
         name = data or train["data"]
         where = data_dir if data_dir is not None or data else train.get("data_dir")
         key = (name, where, prep["img_size"][0])
-        if key not in loaded:  # runs on the same data share one copy
-            loaded[key] = load_data(name, "val", data_dir=where, img_size=prep["img_size"][0])
+        options = {k: train[k] for k in ("cache_images", "eval_crop_ratio", "skip_bad_images") if k in train}
+        key = (*key, tuple(sorted(options.items())))
+        if key not in loaded:  # runs on the same data share one copy; a folder streamed or cached as it trained
+            loaded[key] = load_data(name, "val", data_dir=where, img_size=prep["img_size"][0], **options)
         val = loaded[key]
         if max_val is not None:
             val = val.subset(range(min(max_val, len(val))))
@@ -245,9 +247,20 @@ def prepare_runs(run_dirs, *, weights: str = "model", data: str | None = None, d
     return runs
 
 
-def normalised(val, count: int | None = None) -> torch.Tensor:
+def val_pixels(val, count: int | None = None) -> torch.Tensor:
+    """The first `count` val images, uint8 [N, C, H, W], before normalising: an in-memory split's own, a streamed
+    folder's as its eval transform crops them."""
+    from .data import FolderData
+    from .data.transforms import eval_pixels
+
+    if isinstance(val, FolderData):
+        return eval_pixels(val, range(len(val) if count is None else min(count, len(val))))
+    return val.images[:count]
+
+
+def normalised(val, count: int | None = None, pixels: torch.Tensor | None = None) -> torch.Tensor:
     """The first `count` val images as the model sees them (float, normalised)."""
-    images = val.images[:count].float() / 255
+    images = (val_pixels(val, count) if pixels is None else pixels).float() / 255
     mean = torch.tensor(val.mean).view(1, -1, 1, 1)
     std = torch.tensor(val.std).view(1, -1, 1, 1)
     return (images - mean) / std
@@ -258,7 +271,8 @@ def analyze_attention(run: RunToAnalyze, out_dir: Path, num_images: int, device:
     """attention.png, and for a distilled model token_cosine.json/.png. Returns the files written."""
     model = run.model.to(device)
     count = min(num_images, len(run.val))
-    trace = model.trace(normalised(run.val, count).to(device))
+    pixels = val_pixels(run.val, count)
+    trace = model.trace(normalised(run.val, count, pixels).to(device))
     attentions = [a.cpu() for a in trace.attentions]
     prefix, grid = model.config.num_prefix_tokens, model.config.grid_size
     last = last_block_maps(attentions, prefix, grid)
@@ -267,7 +281,7 @@ def analyze_attention(run: RunToAnalyze, out_dir: Path, num_images: int, device:
     predicted = trace.output.logits.argmax(-1).cpu().tolist()
     titles = [f"true {run.classes[int(y)]}\npred {run.classes[p]}" for y, p in zip(run.val.labels[:count], predicted)]
     written = {"attention": out_dir / "attention.png"}
-    plot_attention_grid(run.val.images[:count], columns, titles, written["attention"])
+    plot_attention_grid(pixels, columns, titles, written["attention"])
     if prefix == 2:  # a class and a distillation token
         layers = ["input"] + [f"block {i + 1}" for i in range(len(attentions))]
         cosine = token_cosine(trace.tokens)
@@ -283,10 +297,10 @@ def analyze_attention(run: RunToAnalyze, out_dir: Path, num_images: int, device:
 
 def analyze_confusion(run: RunToAnalyze, out_dir: Path, batch_size: int, device: torch.device) -> dict:
     """confusion.json/.png over the val images. Returns the files written."""
-    from .data import BatchLoader
+    from .data import make_loader
     from .engine.evaluate import predict
 
-    loader = BatchLoader(run.val, batch_size, train=False, device=device)
+    loader = make_loader(run.val, batch_size, train=False, device=device, num_workers=None)
     out = predict(run.model.to(device), loader, device, None)  # fp32: the analysis should not depend on AMP
     matrix = confusion_matrix(out["logits"].argmax(1), out["targets"], len(run.classes))
     accuracy = per_class_accuracy(matrix)

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_run
-from .data import IMAGE_EXTENSIONS, BatchLoader, ImageData, image_files, read_images
+from .data import IMAGE_EXTENSIONS, FolderData, ImageData, image_files, make_loader, read_images
 from .engine.evaluate import predict
 from .engine.precision import resolve_precision
 from .engine.runtime import resolve_device
@@ -41,8 +41,10 @@ def gather_image_files(paths) -> list[Path]:
 
 
 def classify_files(run_dir, paths, *, weights: str = "model", top_k: int = 5, batch_size: int = 256,
-                   device: str = "auto", precision: str = "auto") -> list[Prediction]:
-    """The run's prediction for each image file (folders: every image under them), with class names."""
+                   device: str = "auto", precision: str = "auto", num_workers: int | None = None) -> list[Prediction]:
+    """The run's prediction for each image file (folders: every image under them), with class names. A run trained
+    on a streamed folder sees each file through its eval transform (decoded in num_workers processes, None: the
+    default); an in-memory run's files are decoded as its data was."""
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     files = gather_image_files(paths)
@@ -54,11 +56,15 @@ def classify_files(run_dir, paths, *, weights: str = "model", top_k: int = 5, ba
     if height != width:
         raise ValueError(f"{run_dir} trained on {height}x{width} images; prediction decodes square images only")
     classes = saved.get("data", {}).get("classes") or [str(i) for i in range(saved["data"]["num_classes"])]
-    images = read_images(files, height, grayscale=prep["in_chans"] == 1)
-    unlabelled = torch.zeros(len(files), dtype=torch.int64)
-    data = ImageData(images, unlabelled, classes, tuple(prep["mean"]), tuple(prep["std"]), "files", "val")
+    grayscale, mean, std = prep["in_chans"] == 1, tuple(prep["mean"]), tuple(prep["std"])
+    stream = saved.get("data", {}).get("stream")
+    if stream:  # a streamed folder's run: its eval transform (resize to img_size / eval_crop_ratio, centre crop)
+        data = FolderData.from_files(files, classes, grayscale, height, stream["eval_crop_ratio"], mean, std)
+    else:  # an in-memory run: decoded as its data was (shorter side to img_size, centre crop)
+        images = read_images(files, height, grayscale=grayscale)
+        data = ImageData(images, torch.zeros(len(files), dtype=torch.int64), classes, mean, std, "files", "val")
     torch_device = resolve_device(device)
-    loader = BatchLoader(data, batch_size, train=False, device=torch_device)
+    loader = make_loader(data, batch_size, train=False, device=torch_device, num_workers=num_workers)
     out = predict(model.to(torch_device), loader, torch_device, resolve_precision(precision, torch_device))
     probs = out["logits"].softmax(-1)  # a mean_softmax model's logits are log-probabilities: the same
     best = probs.topk(min(top_k, len(classes)), dim=1)

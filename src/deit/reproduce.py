@@ -193,8 +193,7 @@ def _rows_for_table3(study: Study, results: dict) -> list[tuple[str, str, list[f
 def predict_runs(run_dirs: dict[str, Path], **execution: Any) -> dict[str, dict[str, Any]]:
     """Predictions (logits, and cls/dist for a distilled model) of finished runs on the val/test split."""
     from .checkpoint import load_checkpoint
-    from .data import BatchLoader
-    from .data import load_split
+    from .data import load_split, make_loader
     from .engine.evaluate import predict
     from .engine.precision import resolve_precision
     from .engine.runtime import resolve_device
@@ -202,7 +201,7 @@ def predict_runs(run_dirs: dict[str, Path], **execution: Any) -> dict[str, dict[
     config = TrainConfig.from_dict(json.loads((next(iter(run_dirs.values())) / "config.json").read_text())["train"])
     device = resolve_device(execution.get("device", "auto"))
     amp = resolve_precision(execution.get("precision", "auto"), device)
-    loader = BatchLoader(load_split(config, "val"), 500, train=False, device=device)
+    loader = make_loader(load_split(config, "val"), 500, train=False, device=device, num_workers=None)
     return {name: predict(load_checkpoint(run_dir).model.to(device), loader, device, amp)
             for name, run_dir in run_dirs.items()}
 

@@ -3,7 +3,8 @@ L or RGB, and loading a split into memory at one size (also how `deit predict` d
 
 from __future__ import annotations
 
-from dataclasses import replace
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 
 from .imagedata import ImageData
 from .listing import (IMAGE_EXTENSIONS, IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD, IMAGENET_MEAN, IMAGENET_STD,
-                      FolderListing, image_files, list_split)
+                      BadImage, FileTable, FolderListing, check_image_file, image_files, list_split)
 
 __all__ = ["IMAGE_EXTENSIONS", "IMAGENET_GRAY_MEAN", "IMAGENET_GRAY_STD", "IMAGENET_MEAN", "IMAGENET_STD",
            "image_files", "decode_image", "load_imagefolder", "read_images", "FolderData"]
@@ -89,16 +90,45 @@ def decode_image(path: str, grayscale: bool):
         raise ValueError(f"{path}: cannot decode ({e}); remove or replace the file") from e
 
 
+@dataclass(eq=False, repr=False)
 class FolderData:
     """A split of an image folder, listed but not decoded: the loader's workers decode each sample when it is needed,
-    so memory does not grow with the folder. The same attributes as ImageData, less .images."""
+    so memory does not grow with the folder. The same attributes as ImageData, less .images; a dataclass, so
+    dataclasses.replace(data, mean=..., std=...) normalises it as a run was trained, as it does an ImageData."""
 
-    def __init__(self, listing: FolderListing, img_size: int, eval_crop_ratio: float = 0.875):
-        self.listing, self.eval_crop_ratio = listing, eval_crop_ratio
+    listing: FolderListing
+    img_size: int | tuple[int, int]  # the model's input size (an int: square); files keep their own sizes
+    eval_crop_ratio: float = 0.875
+    mean: tuple[float, ...] | None = None  # None: the listing's statistics (ImageNet's)
+    std: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        listing = self.listing
+        size = self.img_size
+        self.img_size = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
+        self.mean = tuple(self.mean) if self.mean is not None else listing.stats[0]
+        self.std = tuple(self.std) if self.std is not None else listing.stats[1]
+        if not len(self.mean) == len(self.std) == self.in_chans:
+            raise ValueError(f"mean/std need {self.in_chans} channel values, got {self.mean} / {self.std}")
         self.name, self.split, self.classes = f"imagefolder:{listing.path}", listing.split, list(listing.classes)
-        self.mean, self.std = listing.stats
-        self.img_size = (img_size, img_size)  # the model's input size; files keep their own sizes
         self.labels = torch.from_numpy(listing.labels)
+
+    @classmethod
+    def from_files(cls, files, classes, grayscale: bool, img_size: int, eval_crop_ratio: float = 0.875,
+                   mean=None, std=None) -> "FolderData":
+        """Unlabelled image files (label 0) as a streamed split, each checked as a listed folder's files are (a
+        BadImage naming the file): how `deit predict` feeds files to a streamed run's eval transform."""
+        paths = [os.path.abspath(f) for f in files]
+        kinds = []
+        for f in paths:
+            try:
+                kinds.append(check_image_file(f)[0])
+            except BadImage as e:
+                raise BadImage(f"{f}: {e}") from e
+        table = FileTable.from_paths(os.sep, [os.path.relpath(f, os.sep) for f in paths])
+        listing = FolderListing("files", "val", list(classes), table, np.zeros(len(paths), dtype=np.int64),
+                                np.array(kinds, dtype=np.uint8), grayscale)
+        return cls(listing, img_size, eval_crop_ratio, mean, std)
 
     @property
     def num_classes(self) -> int:
@@ -126,4 +156,4 @@ class FolderData:
         indices = np.asarray(torch.as_tensor(indices, dtype=torch.long))
         listing = replace(self.listing, files=self.listing.files.take(indices), labels=self.listing.labels[indices],
                           kinds=self.listing.kinds[indices])
-        return FolderData(listing, self.img_size[0], self.eval_crop_ratio)
+        return replace(self, listing=listing)

@@ -103,11 +103,12 @@ def evaluate(model, loader, device, amp_dtype, teacher_logits: torch.Tensor | No
 def evaluate_run(run_dir: str | Path, *, data: str | None = None, data_dir: str | None = None,
                  weights: str = "model", batch_size: int = 512, device: str = "auto", precision: str = "auto",
                  teacher: str | None = None, teacher_weights: str | None = None,
-                 progress: bool = False) -> dict[str, Any]:
+                 progress: bool = False, num_workers: int | None = None) -> dict[str, Any]:
     """Evaluate a run directory's weights (model | best | ema) on the val split of its data set (or `data`),
-    with the run's own preprocessing. With `teacher`, also the teacher and the disagreement rates."""
+    with the run's own preprocessing (a streamed folder: its eval transform, decoded in num_workers processes,
+    None: the default). With `teacher`, also the teacher and the disagreement rates."""
     from ..checkpoint import load_run
-    from ..data import BatchLoader, load_split
+    from ..data import load_split, make_loader
     from ..teacher import load_teacher
 
     model, saved = load_run(run_dir, weights)
@@ -125,7 +126,7 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, data_dir: str 
     torch_device = resolve_device(device)
     amp_dtype = resolve_precision(precision, torch_device)
     model = model.to(torch_device)
-    loader = BatchLoader(val_data, batch_size, train=False, device=torch_device)
+    loader = make_loader(val_data, batch_size, train=False, device=torch_device, num_workers=num_workers)
     teacher_logits = None
     if teacher is not None:
         teacher_model, _ = load_teacher(teacher, teacher_weights, num_classes=val_data.num_classes,
