@@ -34,6 +34,10 @@ class TrainConfig:
     data_dir: Optional[str] = _f(None, "where the data set lies (default: its standard location)")
     img_size: Optional[int] = _f(None, "resize images to this size (required for imagefolder)")
     train_subset: Optional[float] = _f(None, "train on a stratified subset: a count (>1) or a fraction (<=1)")
+    subset_seed: Optional[int] = _f(None, "seed of the --train-subset draw (default: --seed); fix it so that "
+                                          "runs of several seeds train on the same images")
+    canvas: Optional[int] = _f(None, "place each image at a seeded random position on a black canvas of this "
+                                     "size, once per image (train and val; deit.data.canvas); becomes the image size")
     num_workers: Optional[int] = _f(None, "data worker processes; default: min(8, usable cores - 1) for a streamed "
                                           "image folder, 0 (batches built in the training process) for in-memory data",
                                     execution=True)
@@ -89,6 +93,8 @@ class TrainConfig:
     eval_every: int = _f(1, "evaluate every N epochs (and always at the end)")
     eval_batch_size: int = _f(512, "evaluation batch size", execution=True)
     save_every_minutes: float = _f(5.0, "also save the training state mid-epoch this often", execution=True)
+    keep_checkpoints: bool = _f(False, "also keep the weights after every epoch in checkpoints/epoch-NNN.safetensors "
+                                       "(e.g. to distil from an earlier epoch of a teacher)", execution=True)
     output: Optional[str] = _f(None, "run directory (default runs/<model>-<time>)")
     progress: bool = _f(True, "show progress bars", execution=True)
 
@@ -110,6 +116,7 @@ class TrainConfig:
             (self.precision in ("auto", "bf16", "fp16", "fp32"),
              f"precision must be auto, bf16, fp16 or fp32, got {self.precision!r}"),
             (self.train_subset is None or self.train_subset > 0, "train_subset must be > 0"),
+            (self.canvas is None or self.img_size is None, "--canvas sets the image size: drop --img-size"),
             (not self.linear_probe or self.finetune, "--linear-probe needs --finetune SOURCE: a probe of random "
                                                      "features learns little"),
             (not (self.mixup > 0 or self.cutmix > 0) or self.batch_size % 2 == 0,

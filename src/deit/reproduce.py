@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .config import PRESETS, TrainConfig, preset_config
 
 
@@ -23,8 +25,12 @@ class Row:
     key: str
     label: str
     options: dict[str, Any] = field(default_factory=dict)
-    teacher: str | None = None  # key of the teacher row it distils from
+    teacher: str | None = None  # key of the teacher row it distils from (or of a student row: its seed-0 run)
     preset: str = "fmnist-cpu"
+    # "matched:<row>": distil from the teacher's per-epoch checkpoint (--keep-checkpoints) whose val top-1 is
+    # closest to that row's seed-0 top-1 (a teacher of matched accuracy)
+    teacher_checkpoint: str | None = None
+    table: int = 3  # 3: a distillation variant (Table 3); 2: only a teacher choice (Table 2)
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,8 @@ class Study:
     teachers: tuple[Row, ...]
     rows: tuple[Row, ...]
     common: dict[str, Any] = field(default_factory=dict)
+    description: str = ""  # a paragraph under the README's title
+    targets: bool = False  # render the issue's targets (token - none, convnet vs transformer teacher, hard vs soft)
 
 
 STUDENT = "deit_mini_patch7_28"
@@ -55,7 +63,7 @@ def _table3_study(name: str, common: dict, teacher_options: dict, vit_teacher_op
         Row("token", "distillation token (hard)",
             dict(model=DISTILLED_STUDENT, distillation="hard", alpha=0.5), teacher="teacher-cnn"),
         Row("token-vit-teacher", "distillation token, transformer teacher",
-            dict(model=DISTILLED_STUDENT, distillation="hard", alpha=0.5), teacher="teacher-vit"),
+            dict(model=DISTILLED_STUDENT, distillation="hard", alpha=0.5), teacher="teacher-vit", table=2),
     )
     return Study(name, (0, 1), teachers, rows, common)
 
@@ -105,12 +113,90 @@ def data_efficiency_study(student_epochs: int = 10, teacher_epochs: int = 6) -> 
 STUDIES["fmnist-data-efficiency"] = data_efficiency_study()
 
 
+def small_canvas_study(epochs: int = 120, teacher_epochs: int = 120) -> Study:
+    """Small data where a convnet has an inductive bias to pass on (docs/results.md, "Small-data study"): 4,000
+    Fashion-MNIST training images (400 a class, the same subset for every seed) each at a fixed seeded position on
+    a 40x40 black canvas (test: all 10,000 test images, positions of their own); 8-px patches (25 tokens); the DeiT
+    recipe with label-noisy augmentation for ~7,400 optimizer steps; a resnet8_tiny teacher trained on the same
+    images and kind of views, every epoch's weights kept for the teacher of matched accuracy."""
+    student, distilled = "deit_mini_patch8_32", "deit_mini_distilled_patch8_32"
+    data = dict(canvas=40, train_subset=4000, subset_seed=0)
+    recipe = dict(epochs=epochs, warmup_epochs=5, drop_path=0.1, crop="rrc", rrc_scale_min=0.25, hflip=0.5,
+                  randaugment="rand-m9-mstd0.5-inc1", reprob=0.25, eval_every=10, **data)
+    hard = dict(model=distilled, distillation="hard", alpha=0.5, **recipe)
+    teacher = Row("teacher-cnn", "convnet teacher (resnet8_tiny)",
+                  dict(model="resnet8_tiny", epochs=teacher_epochs, crop="rrc", rrc_scale_min=0.25, hflip=0.5,
+                       eval_every=1, keep_checkpoints=True, **data), preset="cnn-small")
+    rows = (
+        Row("none", "no distillation", dict(model=student, **recipe)),
+        Row("soft", "usual distillation (soft, class head)",
+            dict(model=student, distillation="soft", tau=3.0, alpha=0.1, **recipe), teacher="teacher-cnn"),
+        Row("hard", "hard-label distillation (class head)",
+            dict(model=student, distillation="hard", alpha=0.5, **recipe), teacher="teacher-cnn"),
+        Row("token", "distillation token (hard)", hard, teacher="teacher-cnn"),
+        Row("token-vit-teacher", "distillation token, transformer teacher (the none row, seed 0)", hard,
+            teacher="none", table=2),
+        Row("token-cnn-matched", "distillation token, convnet teacher of matched accuracy", hard,
+            teacher="teacher-cnn", teacher_checkpoint="matched:none", table=2),
+    )
+    description = (
+        "Fashion-MNIST, 4,000 training images (400 a class, the same subset for every seed), each placed once at a "
+        "seeded random position on a 40x40 black canvas; test: all 10,000 test images, placed with their own seed. "
+        "Students at 40 px with 8-px patches (25 tokens), 120 epochs with label-noisy augmentation; the teacher sees "
+        "exactly the student's augmented and mixed view. The setting was decided before the runs: docs/results.md, "
+        "\"Small-data study\". The convnet teacher of matched accuracy is the teacher's epoch whose *test* top-1 is "
+        "closest to the transformer teacher's: a selection on the test set, done only to match the two teachers.")
+    return Study("fmnist-small-canvas", (0, 1), (teacher,), rows, description=description, targets=True)
+
+
+STUDIES["fmnist-small-canvas"] = small_canvas_study()
+
+
+def closest_checkpoint(accuracies: dict[int, float], target: float) -> int:
+    """The epoch whose top-1 is closest to `target` (the earlier one on a tie)."""
+    if not accuracies:
+        raise ValueError("no evaluated checkpoint to choose from")
+    return min(accuracies, key=lambda epoch: (abs(accuracies[epoch] - target), epoch))
+
+
+def matched_teacher(row: Row, runs_dir: Path) -> dict[str, Any]:
+    """The checkpoint of row.teacher's seed-0 run whose val top-1 is closest to the seed-0 top-1 of the row named by
+    row.teacher_checkpoint ("matched:<row>"): {"epoch", "top1", "weights", "target", "target_top1"}."""
+    from .engine.run_dir import read_log
+    from .engine.trainer import epoch_checkpoint
+
+    kind, _, target = (row.teacher_checkpoint or "").partition(":")
+    if kind != "matched" or not target:
+        raise ValueError(f"row {row.key}: teacher_checkpoint must be 'matched:<row>', got {row.teacher_checkpoint!r}")
+    teacher_dir, target_dir = runs_dir / f"{row.teacher}-s0", runs_dir / f"{target}-s0"
+    if not (teacher_dir / "metrics.json").exists() or not (target_dir / "metrics.json").exists():
+        raise ValueError(f"row {row.key} needs the finished runs {teacher_dir} and {target_dir} first")
+    target_top1 = json.loads((target_dir / "metrics.json").read_text())["top1"]
+    accuracies = {r["epoch"]: r["val_top1"] for r in read_log(teacher_dir)
+                  if "val_top1" in r and (teacher_dir / epoch_checkpoint(r["epoch"])).exists()}
+    if not accuracies:
+        raise ValueError(f"{teacher_dir} kept no evaluated per-epoch checkpoints (train it with --keep-checkpoints "
+                         "and --eval-every 1)")
+    epoch = closest_checkpoint(accuracies, target_top1)
+    return {"epoch": epoch, "top1": accuracies[epoch], "weights": str(teacher_dir / epoch_checkpoint(epoch)),
+            "target": target, "target_top1": target_top1}
+
+
 def row_config(study: Study, row: Row, seed: int, runs_dir: Path, **execution: Any) -> TrainConfig:
     options = {**study.common, **row.options} if row.preset == "fmnist-cpu" else dict(row.options)
-    if row.teacher is not None:
+    if row.teacher is not None and row.teacher_checkpoint is not None:
+        teacher_row = next(t for t in study.teachers if t.key == row.teacher)
+        options["teacher"] = teacher_row.options["model"]  # an architecture name with its checkpoint's weights
+        options["teacher_weights"] = matched_teacher(row, Path(runs_dir))["weights"]
+    elif row.teacher is not None:
         options["teacher"] = str(runs_dir / f"{row.teacher}-s0")  # one teacher per study, as in the paper
     return preset_config(row.preset, seed=seed, output=str(runs_dir / f"{row.key}-s{seed}"),
                          **{**options, **execution})
+
+
+def teacher_key(row: Row) -> str:
+    """Where results["teachers"] keeps the teacher of `row`."""
+    return row.teacher if row.teacher_checkpoint is None else f"{row.teacher}-{row.teacher_checkpoint.split(':')[0]}"
 
 
 def train_command(config: TrainConfig, preset: str) -> str:
@@ -161,13 +247,31 @@ def run_study(name: str, output: str | Path | None = None, runs_dir: str | Path 
         (output / "README.md").write_text(results["table"])
         plot_study(study, results, output / "plot.png")
 
+    def ensure_teacher(row: Row) -> None:
+        if row.teacher in teachers and row.teacher not in results["teachers"]:
+            results["teachers"][row.teacher] = {"label": teachers[row.teacher].label,
+                                                **train(teachers[row.teacher], 0)}
+        key = teacher_key(row)
+        if key in results["teachers"]:
+            return
+        if row.teacher_checkpoint is not None:
+            choice = matched_teacher(row, runs_dir)
+            base = results["teachers"][row.teacher]
+            results["teachers"][key] = {
+                "label": f"{base['label']}, epoch {choice['epoch']} (matched to {choice['target']}-s0)",
+                "params": base["params"], **choice}
+        else:  # a student row's seed-0 run (seeds are outermost: trained earlier in this pass)
+            entry = results["rows"][row.teacher]
+            run = entry["runs"][entry["seeds"].index(0)]
+            results["teachers"][key] = {"label": f"transformer teacher ({run['model']}, the {row.teacher} row, "
+                                                 "seed 0)", **run}
+
     # Seeds outermost and each teacher just before its first student, so a run cut short (the preset spans
     # sessions) has already finished every row once; the outputs are rewritten after every student run.
     for seed in study.seeds:
         for row in study.rows:
-            if row.teacher is not None and row.teacher not in results["teachers"]:
-                results["teachers"][row.teacher] = {"label": teachers[row.teacher].label,
-                                                    **train(teachers[row.teacher], 0)}
+            if row.teacher is not None:
+                ensure_teacher(row)
             entry = results["rows"].setdefault(row.key, {"label": row.label, "seeds": [], "runs": []})
             entry["runs"].append(train(row, seed))
             entry["seeds"].append(seed)
@@ -182,7 +286,7 @@ def _rows_for_table3(study: Study, results: dict) -> list[tuple[str, str, list[f
         if row.key not in results["rows"]:
             continue  # not trained yet
         runs = results["rows"][row.key]["runs"]
-        if row.options.get("model") == DISTILLED_STUDENT:
+        if "distilled" in row.options.get("model", ""):
             for head, suffix in (("class head", "top1_cls"), ("dist. head", "top1_dist"), ("class+dist", "top1")):
                 table.append((f"{row.label}: {head}", row.key, [r[suffix] for r in runs]))
         else:
@@ -245,6 +349,8 @@ def render_tables(study: Study, results: dict, runs_dir: Path, **execution: Any)
     lines = [f"# `deit reproduce --preset {study.name}`", "",
              f"Fashion-MNIST test set (10,000 images), top-1 %, mean ± std over {seeds}. "
              "Exact commands: commands.txt."]
+    if study.description:
+        lines += ["", study.description]
     if done < planned:
         lines += ["", f"**Partial: {done} of {planned} student runs finished** (rerun the command to continue); "
                       "a value without ± comes from one seed."]
@@ -271,14 +377,17 @@ def render_tables(study: Study, results: dict, runs_dir: Path, **execution: Any)
             cells.append(f"{100 * rates['none']:.1f} / {100 * rates['token']:.1f}" if rates else "")
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
-    lines += ["", f"## Table 3: distillation variants (students {STUDENT} / {DISTILLED_STUDENT})", "",
+    students = " / ".join(dict.fromkeys(r.options["model"] for r in study.rows))
+    lines += ["", f"## Table 3: distillation variants (students {students})", "",
               "| method | top-1 |", "|---|---|"]
-    table3 = [r for r in _rows_for_table3(study, results) if r[1] != "token-vit-teacher"]
+    variants = {r.key for r in study.rows if r.table == 3}
+    table3 = [r for r in _rows_for_table3(study, results) if r[1] in variants]
     for label, _, values in table3:
         lines.append(f"| {label} | {_mean_std(values)} |")
-    table2 = [(results["teachers"][teacher_key], results["rows"][row_key]["runs"])
-              for row_key, teacher_key in (("token", "teacher-cnn"), ("token-vit-teacher", "teacher-vit"))
-              if row_key in results["rows"]]
+    # Every distillation-token row, each with its teacher (rows in `results` always have theirs there).
+    table2 = [(results["teachers"][teacher_key(row)], results["rows"][row.key]["runs"]) for row in study.rows
+              if row.teacher is not None and "distilled" in row.options.get("model", "")
+              and row.key in results["rows"] and teacher_key(row) in results["teachers"]]
     if table2:
         lines += ["", "## Table 2: teacher choice (student with distillation token, class+dist)", "",
                   "| teacher | teacher top-1 | student top-1 |", "|---|---|---|"]
@@ -291,7 +400,70 @@ def render_tables(study: Study, results: dict, runs_dir: Path, **execution: Any)
         lines += ["", "## Table 4: disagreement rate on the test set (seed 0)", "", "| pair | rate |", "|---|---|"]
         for pair, rate in disagreement.items():
             lines.append(f"| {pair} | {rate:.3f} |")
+    cosine = results.get("token_cosine") or token_cosine_of_run(runs_dir / "token-s0", **execution)
+    if cosine:
+        results["token_cosine"] = cosine
+        lines += ["", f"## Cosine similarity of the class and distillation tokens (token-s0, "
+                      f"{cosine['num_images']:,} test images)", "",
+                  "| " + " | ".join(cosine["layers"]) + " |", "|" + "---|" * len(cosine["layers"]),
+                  "| " + " | ".join(f"{v:.2f}" for v in cosine["cosine"]) + " |"]
+    if study.targets:
+        lines += target_lines(results)
     return "\n".join(lines) + "\n"
+
+
+def token_cosine_of_run(run_dir: Path, num_images: int = 1000, **execution: Any) -> dict[str, Any] | None:
+    """cos(class token, distillation token) after each block of a finished distilled run, averaged over the first
+    `num_images` val images (deit.analyze.token_cosine); None while the run is unfinished."""
+    from .analyze import normalised, token_cosine
+    from .checkpoint import load_checkpoint
+    from .data import load_split
+
+    if not (Path(run_dir) / "metrics.json").exists():
+        return None
+    config = TrainConfig.from_dict(json.loads((Path(run_dir) / "config.json").read_text())["train"])
+    model = load_checkpoint(run_dir).model.eval()
+    if getattr(getattr(model, "config", None), "num_prefix_tokens", 1) != 2:
+        return None
+    val = load_split(config, "val")
+    count = min(num_images, len(val))
+    with torch.no_grad():
+        tokens = model.trace(normalised(val, count)).tokens
+    return {"layers": ["input"] + [f"block {i + 1}" for i in range(len(tokens) - 1)],
+            "cosine": token_cosine(tokens), "num_images": count}
+
+
+def _gain(results: dict, row: str, base: str) -> tuple[float, float] | None:
+    """(mean top-1 of row - mean of base, the larger seed std of the two) when both rows have runs."""
+    a, b = (results["rows"].get(k, {}).get("runs", []) for k in (row, base))
+    if not a or not b:
+        return None
+    stds = [statistics.stdev(r["top1"] for r in runs) for runs in (a, b) if len(runs) > 1]
+    return _mean_top1(a) - _mean_top1(b), max(stds, default=float("nan"))
+
+
+def target_lines(results: dict) -> list[str]:
+    """The issue's targets, each met or not (or not yet measurable)."""
+    lines = ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
+    token = _gain(results, "token", "none")
+    if token:
+        gain, std = token
+        met = gain >= 1.0 and (std != std or gain > 2 * std)
+        lines.append(f"| token (class+dist) − none ≥ 1.0 and > 2 × seed std | {gain:+.2f} (2 × std "
+                     f"{2 * std:.2f}) | {'yes' if met else 'no'} |")
+    teachers = _gain(results, "token-cnn-matched", "token-vit-teacher")
+    if teachers:
+        lines.append(f"| convnet teacher > transformer teacher at matched accuracy (token, class+dist) | "
+                     f"{teachers[0]:+.2f} | {'yes' if teachers[0] > 0 else 'no'} |")
+    hard = _gain(results, "hard", "soft")
+    if hard:
+        lines.append(f"| hard ≥ soft (class head) | {hard[0]:+.2f} | {'yes' if hard[0] >= 0 else 'no'} |")
+    cnn, none = results["teachers"].get("teacher-cnn"), results["rows"].get("none", {}).get("runs")
+    if cnn and none:
+        gap = cnn["top1"] - _mean_top1(none)
+        lines.append(f"| convnet teacher ≥ 4 points above the undistilled student | {gap:+.2f} | "
+                     f"{'yes' if gap >= 4 else 'no'} |")
+    return lines if len(lines) > 5 else []
 
 
 def _mean_top1(runs: list[dict]) -> float | None:

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from ..config import TrainConfig
 from .builtin import CIFAR_STATS, load_cifar, load_fashion_mnist
+from .canvas import place_on_canvas
 from .folder import FolderData, load_imagefolder
 from .imagedata import ImageData
 from .listing import list_split
@@ -76,11 +77,18 @@ def _resize_uint8(images: torch.Tensor, size: int, chunk: int = 2048) -> torch.T
 
 
 def load_split(config: TrainConfig, split: str, download: bool = True):
-    """The split a run trains or evaluates on: load_data with the config's data options, then its train subset."""
+    """The split a run trains or evaluates on: load_data with the config's data options, its canvas (positions
+    drawn over the whole split, so they never depend on the subset), then its train subset."""
     data = load_data(config.data, split, data_dir=config.data_dir, img_size=config.img_size, download=download,
                      cache_images=config.cache_images, eval_crop_ratio=config.eval_crop_ratio,
                      skip_bad_images=config.skip_bad_images)
+    if config.canvas is not None:
+        if not isinstance(data, ImageData):
+            raise ValueError("--canvas needs data held in memory (a built-in set, or an image folder with "
+                             "--cache-images)")
+        data = place_on_canvas(data, config.canvas)
     if split == "train" and config.train_subset is not None:
         size = int(config.train_subset) if config.train_subset > 1 else float(config.train_subset)
-        data = data.subset(stratified_subset(data.labels, size, config.seed))
+        seed = config.seed if config.subset_seed is None else config.subset_seed
+        data = data.subset(stratified_subset(data.labels, size, seed))
     return data

@@ -34,6 +34,11 @@ class RunResult:
     metrics: dict[str, Any]
 
 
+def epoch_checkpoint(epoch: int) -> str:
+    """Where --keep-checkpoints puts the weights after `epoch` (counted from 1), relative to the run directory."""
+    return f"checkpoints/epoch-{epoch:03d}.safetensors"
+
+
 def model_overrides(config: TrainConfig, data) -> dict:
     from ..models import model_family
 
@@ -376,6 +381,10 @@ class Trainer:
                 summary += f" (cls {row['val_top1_cls']:.2f}, dist {row['val_top1_dist']:.2f})"
         self.rt.print(summary)
         self.writer.weights(self.model, c.model, "model.safetensors")
+        if c.keep_checkpoints:  # every epoch's weights, e.g. an earlier teacher of matched accuracy (deit.reproduce)
+            if self.writer.enabled:
+                (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+            self.writer.weights(self.model, c.model, epoch_checkpoint(epoch + 1))
         if self.ema is not None:
             self.writer.weights(self.ema.module, c.model, "ema.safetensors")
         self.save(epoch + 1, 0)

@@ -1,0 +1,164 @@
+"""The small-data study on a canvas (`deit reproduce --preset fmnist-small-canvas`): canvas placement, per-epoch
+checkpoints as a teacher, the matched-accuracy checkpoint, and the whole study at toy scale."""
+
+import json
+import shlex
+
+import pytest
+import torch
+
+from deit.cli import build_parser
+from deit.cli.train import config_from_args
+from deit.config import preset_config
+from deit.data import ImageData, load_split
+from deit.data.canvas import canvas_positions, place_on_canvas
+from deit.engine import fit
+from deit.engine.trainer import epoch_checkpoint
+from deit.reproduce import (STUDIES, closest_checkpoint, matched_teacher, render_tables, row_config, run_study,
+                            train_command)
+from deit.teacher import load_teacher
+
+STUDY = "fmnist-small-canvas"
+
+
+def _images(n=12, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randint(1, 256, (n, 1, 28, 28), generator=gen, dtype=torch.uint8)  # no zero pixel inside
+    return ImageData(images, torch.arange(n) % 10, [str(i) for i in range(10)], (0.5,), (0.5,), "toy", "train")
+
+
+def test_canvas_keeps_every_pixel_at_a_seeded_position_fixed_per_image():
+    data = _images()
+    placed = place_on_canvas(data, 40)
+    assert placed.images.shape == (12, 1, 40, 40) and placed.img_size == (40, 40)
+    assert torch.equal(placed.images, place_on_canvas(data, 40).images)  # seeded: the same every time
+    positions = canvas_positions(12, (28, 28), 40, "train")
+    assert positions.min() >= 0 and positions.max() <= 12 and len(set(map(tuple, positions.tolist()))) > 1
+    for i, (top, left) in enumerate(positions.tolist()):
+        assert torch.equal(placed.images[i, :, top:top + 28, left:left + 28], data.images[i])  # pixels intact
+        outside = placed.images[i].clone()
+        outside[:, top:top + 28, left:left + 28] = 0
+        assert outside.sum() == 0  # black elsewhere
+    assert torch.equal(placed.labels, data.labels)
+    # An image's position depends on its index in the split, not on the images after it; val draws its own.
+    assert torch.equal(canvas_positions(5, (28, 28), 40, "train"), positions[:5])
+    assert not torch.equal(canvas_positions(12, (28, 28), 40, "val"), positions)
+    with pytest.raises(ValueError, match="smaller than the images"):
+        place_on_canvas(data, 20)
+
+
+def test_canvas_val_is_independent_of_the_train_subset_and_the_subset_of_the_seed(fmnist_dir):
+    small = preset_config("fmnist-cpu", data_dir=fmnist_dir, canvas=40, train_subset=200, subset_seed=0, seed=1)
+    other = small.replace(train_subset=300, seed=2)
+    assert torch.equal(load_split(small, "val").images, load_split(other, "val").images)
+    full = load_split(small.replace(train_subset=None), "train")
+    train = load_split(small, "train")
+    assert train.img_size == (40, 40) and len(train) == 200
+    assert torch.bincount(train.labels).tolist() == [20] * 10
+    # each subset image sits where the same image sits in the whole placed split, whatever the run's seed
+    same_subset = load_split(small.replace(seed=5), "train")
+    assert torch.equal(same_subset.images, train.images)
+    matches = (full.images.flatten(1)[:, None] == train.images.flatten(1)[None]).all(-1).any(0)
+    assert matches.all()
+    with pytest.raises(ValueError, match="--canvas sets the image size"):
+        small.replace(img_size=40)
+
+
+@pytest.fixture
+def small_val(monkeypatch):
+    """Toy scale: runs evaluate on the first 500 placed test images (all 10,000 would dominate these tests)."""
+    import deit.data
+
+    full_split = deit.data.load_split
+    monkeypatch.setattr(deit.data, "load_split", lambda config, split, **kw: (
+        full_split(config, split, **kw) if split == "train" else full_split(config, split, **kw).subset(range(500))))
+
+
+def test_kept_checkpoints_load_as_a_teacher_by_architecture_name(tmp_path, fmnist_dir, small_val):
+    config = preset_config("cnn-small", model="resnet8_tiny", data_dir=fmnist_dir, canvas=40, train_subset=100,
+                           epochs=2, batch_size=50, eval_every=1, keep_checkpoints=True, output=str(tmp_path / "t"),
+                           progress=False, threads=2, precision="fp32")
+    fit(config)
+    files = sorted(p.name for p in (tmp_path / "t" / "checkpoints").iterdir())
+    assert files == ["epoch-001.safetensors", "epoch-002.safetensors"]
+    x = torch.randn(3, 1, 40, 40)
+    outputs = {}
+    for epoch in (1, 2):
+        teacher, info = load_teacher("resnet8_tiny", str(tmp_path / "t" / epoch_checkpoint(epoch)), num_classes=10,
+                                     in_chans=1, img_size=(40, 40))
+        assert info["teacher"] == "resnet8_tiny"
+        outputs[epoch] = teacher(x)
+    final, _ = load_teacher(str(tmp_path / "t"), None, num_classes=10, in_chans=1, img_size=(40, 40))
+    torch.testing.assert_close(outputs[2], final(x))  # the last epoch's checkpoint is the run's model
+    assert not torch.allclose(outputs[1], outputs[2])
+
+
+def test_the_matched_checkpoint_is_the_closest_evaluated_and_kept_epoch(tmp_path):
+    assert closest_checkpoint({1: 50.0, 2: 70.0, 3: 80.0, 4: 79.0, 5: 85.0}, 79.6) == 3
+    assert closest_checkpoint({1: 70.0, 2: 72.0}, 71.0) == 1  # a tie: the earlier epoch
+    with pytest.raises(ValueError):
+        closest_checkpoint({}, 50.0)
+    study = STUDIES[STUDY]
+    row = next(r for r in study.rows if r.key == "token-cnn-matched")
+    teacher, none = tmp_path / "teacher-cnn-s0", tmp_path / "none-s0"
+    (teacher / "checkpoints").mkdir(parents=True)
+    none.mkdir()
+    with pytest.raises(ValueError, match="needs the finished runs"):
+        matched_teacher(row, tmp_path)
+    (none / "metrics.json").write_text(json.dumps({"top1": 74.2}))
+    (teacher / "metrics.json").write_text(json.dumps({"top1": 88.0}))
+    log = [{"epoch": e, "val_top1": v} for e, v in ((1, 60.0), (2, 74.0), (3, 74.3), (4, 81.0), (5, 88.0))]
+    (teacher / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    for epoch in (1, 2, 4, 5):  # epoch 3 (the closest) kept no checkpoint
+        (teacher / epoch_checkpoint(epoch)).write_bytes(b"")
+    choice = matched_teacher(row, tmp_path)
+    assert (choice["epoch"], choice["top1"], choice["target_top1"]) == (2, 74.0, 74.2)
+    config = row_config(study, row, 1, tmp_path)
+    assert config.teacher == "resnet8_tiny" and config.teacher_weights == str(teacher / epoch_checkpoint(2))
+    command = train_command(config, row.preset)
+    assert config_from_args(build_parser().parse_args(shlex.split(command)[1:])) == config
+
+
+def test_partial_results_render(tmp_path):
+    study = STUDIES[STUDY]
+    results = {"teachers": {}, "rows": {"none": {"label": "no distillation", "seeds": [0], "runs": [{"top1": 70.0}]}}}
+    table = render_tables(study, results, tmp_path)
+    assert "Partial: 1 of 12" in table and "| no distillation | 70.00 |" in table
+    assert "## Targets" not in table  # nothing to compare yet
+
+
+def test_small_canvas_study_end_to_end_at_toy_scale(tmp_path, fmnist_dir, capsys, small_val):
+    """Every row trained (200 images, 2 epochs), the teacher of matched accuracy picked from the convnet's kept
+    checkpoints, Tables 2-4, the token cosine and the targets written; a second call trains nothing."""
+    toy = dict(data_dir=fmnist_dir, train_subset=200, epochs=2, batch_size=50, warmup_epochs=0.1,
+               progress=False, threads=2, precision="fp32")
+    out, runs = tmp_path / "results", tmp_path / "runs"
+    first = run_study(STUDY, output=out, runs_dir=runs, **toy)
+    study = STUDIES[STUDY]
+    assert all(len(first["rows"][r.key]["runs"]) == 2 for r in study.rows)
+    assert set(first["teachers"]) == {"teacher-cnn", "none", "teacher-cnn-matched"}
+    matched = first["teachers"]["teacher-cnn-matched"]
+    assert matched["epoch"] in (1, 2) and matched["target"] == "none"
+    token_config = json.loads((runs / "token-cnn-matched-s1" / "config.json").read_text())["train"]
+    assert token_config["teacher"] == "resnet8_tiny"
+    assert token_config["teacher_weights"].endswith(epoch_checkpoint(matched["epoch"]))
+    vit_config = json.loads((runs / "token-vit-teacher-s0" / "config.json").read_text())["train"]
+    assert vit_config["teacher"] == str(runs / "none-s0") and vit_config["canvas"] == 40
+    readme = (out / "README.md").read_text()
+    for heading in ("## Table 3", "## Table 2", "## Table 4", "## Cosine similarity", "## Targets"):
+        assert heading in readme
+    assert "selection on the test set" in readme
+    saved = json.loads((out / "results.json").read_text())
+    assert len(saved["token_cosine"]["cosine"]) == 1 + 6 and saved["token_cosine"]["layers"][0] == "input"
+    assert len(saved["disagreement"]) == 10
+    assert [r["top1"] for r in saved["rows"]["none"]["runs"]] == [r["top1"] for r in first["rows"]["none"]["runs"]]
+    assert (out / "plot.png").read_bytes()[:4] == b"\x89PNG"
+    commands = (out / "commands.txt").read_text().splitlines()
+    assert len(commands) == 1 + len(study.rows) * 2 == len(set(commands))
+    assert all("--canvas 40 --subset-seed 0" in c or "--subset-seed 0 --canvas 40" in c for c in commands)
+    teacher_command = next(c for c in commands if c.endswith("teacher-cnn-s0"))
+    assert "--keep-checkpoints" in teacher_command and "--eval-every 1 " in teacher_command
+    capsys.readouterr()
+    second = run_study(STUDY, output=out, runs_dir=runs, **toy)
+    assert capsys.readouterr().out.count("reusing the finished run") == len(commands)
+    assert second["table"] == first["table"]
