@@ -49,6 +49,10 @@ class TrainConfig:
                                       "an image) and count them, instead of stopping with the file's name")
     # optimisation (Table 9)
     epochs: int = _f(300, "training epochs")
+    time_budget_minutes: Optional[float] = _f(
+        None, "finish within this many minutes: the schedule's length (and so the number of epochs, the last one "
+              "possibly partial) is set from the step time measured in the first steps, then fixed; replaces "
+              "--epochs", execution=True)  # execution-only: once fixed, the recorded schedule is what resumes
     batch_size: int = _f(1024, "global batch size")
     lr: float = _f(5e-4, "base learning rate for batch 512 (scaled by batch_size / 512)")
     min_lr: float = _f(1e-5, "final learning rate of the cosine schedule")
@@ -101,6 +105,8 @@ class TrainConfig:
     def __post_init__(self):
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.time_budget_minutes is None or self.time_budget_minutes > 0,
+             f"time_budget_minutes must be > 0, got {self.time_budget_minutes}"),
             (self.batch_size >= 2, f"batch_size must be >= 2, got {self.batch_size}"),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (self.repeats >= 1, f"repeats must be >= 1, got {self.repeats}"),
@@ -197,6 +203,25 @@ PRESETS: dict[str, dict[str, Any]] = {
         randaugment=None, reprob=0.0, repeats=1, drop_path=None, eval_every=3,
     ),
 }
+
+
+# The recipe `deit train` takes when no --preset (or --config) is given for a small built-in data set, so that
+# it never silently runs the ImageNet recipe (batch 1024, 300 epochs x 3 repeats) on 60,000 28-px images.
+DEFAULT_PRESETS = {"fashion-mnist": "fmnist-cpu"}
+SMALL_BUILTIN_DATA = ("fashion-mnist", "cifar10", "cifar100")
+
+
+def default_preset(data: str) -> str | None:
+    """The preset for `data` when none was chosen; a ValueError for a small built-in set without one."""
+    key = data.lower().replace("_", "-").replace("fashionmnist", "fashion-mnist")
+    if key in DEFAULT_PRESETS:
+        return DEFAULT_PRESETS[key]
+    if key in SMALL_BUILTIN_DATA:
+        raise ValueError(f"no small-data recipe for {data} yet: without --preset, deit train would run the paper's "
+                         "ImageNet recipe (batch 1024, 300 epochs x 3 repeats); pass --preset fmnist-cpu --model "
+                         "deit_mini_distilled_patch8_32 for a short CPU recipe, or --preset deit to run the "
+                         "ImageNet one anyway")
+    return None
 
 
 def preset_config(name: str, **overrides) -> TrainConfig:

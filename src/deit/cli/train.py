@@ -33,7 +33,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args):
-    from deit.config import TrainConfig, preset_config
+    from deit.config import TrainConfig, default_preset, preset_config
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in names}
@@ -51,6 +51,11 @@ def config_from_args(args):
         if name is not None:
             given["model"] = name
     preset = getattr(args, "preset", None)
+    if preset is None and not base:  # no recipe chosen: never the ImageNet one on a small built-in set
+        preset = default_preset(given.get("data", TrainConfig.data))
+        if preset is not None:
+            print(f"deit train: no --preset given: using {preset}, the small-data recipe for "
+                  f"{given.get('data', TrainConfig.data)} (--preset deit for the paper's ImageNet recipe)")
     if preset is not None:
         return preset_config(preset, **{**base, **given})
     return TrainConfig(**{**base, **given})

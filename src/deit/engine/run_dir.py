@@ -68,6 +68,11 @@ class RunWriter:
         write_json(self.run_dir / CONFIG, run_config)
         (self.run_dir / LOG).unlink(missing_ok=True)
 
+    def update_config(self, entries: dict) -> None:
+        """Add entries to config.json (e.g. the schedule a time budget fixed)."""
+        if self.enabled:
+            write_json(self.run_dir / CONFIG, {**read_run_config(self.run_dir), **entries})
+
     def weights(self, model: nn.Module, name: str, filename: str) -> None:
         from ..checkpoint import save_model
 

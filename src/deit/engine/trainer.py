@@ -7,6 +7,7 @@ process writes)."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from ..faults import fault_point
 from ..fileio import check_writable
 from ..finetune import apply as apply_finetune, prepare as prepare_finetune
 from ..losses import LossOutput
+from .budget import BudgetPlan, calibration_steps, plan_schedule
 from .evaluate import evaluate, predict
 from .optim import build_optimizer, lr_at, scaled_lr
 from .run_dir import (STATE, RunWriter, default_output, load_state, read_log, read_run_config)
@@ -83,6 +85,7 @@ class Trainer:
         from ..data import augment_config, load_split, make_loader
         from ..models import create_model
 
+        self.started = time.monotonic()  # a time budget counts from here
         self.config, self.run_dir, self.rt = config, Path(run_dir), rt
         self.writer = RunWriter(run_dir, enabled=rt.is_main)
         c = config
@@ -113,14 +116,69 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(self.train_data)} training images give no full batch of {c.batch_size}; "
                              "lower --batch-size")
-        self.total_steps = self.steps_per_epoch * c.epochs
+        self.total_steps = self.steps_per_epoch * c.epochs  # a time budget replaces it after calibration
         self.warmup_steps = int(round(c.warmup_epochs * self.steps_per_epoch))
+        self.budget_plan: Optional[BudgetPlan] = None
+        self.step_times: list[float] = []  # while calibrating a time budget
         self.peak_lr = scaled_lr(c)
         # position and running results
         self.epoch, self.batch, self.step, self.best_top1 = 0, 0, 0, -1.0
         self.epoch_sums: dict[str, float] = {}
         self.teacher_val_logits: Optional[torch.Tensor] = None
         self.metrics: dict[str, Any] = {}
+
+    @property
+    def num_epochs(self) -> int:
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+    @property
+    def calibrating(self) -> bool:
+        return self.config.time_budget_minutes is not None and self.budget_plan is None
+
+    def _length(self) -> str:
+        per_epoch = f"{self.steps_per_epoch} steps an epoch"
+        if self.calibrating:
+            return f"as many epochs as {self.config.time_budget_minutes:g} min allow, {per_epoch}"
+        return f"{self.total_steps / self.steps_per_epoch:g} epochs of {per_epoch}"
+
+    def restore_schedule(self, recorded: Optional[dict]) -> None:
+        """On resume: the schedule a time budget fixed (config.json), not a new calibration."""
+        if recorded is not None:
+            self.budget_plan = BudgetPlan(**recorded)
+            self.total_steps = self.budget_plan.total_steps
+
+    def calibrate(self) -> None:
+        """Size the schedule to the time budget from the steps measured so far (the main process decides)."""
+        c, rt = self.config, self.rt
+        plan = plan_schedule(c.time_budget_minutes * 60, time.monotonic() - self.started, self.step,
+                             self.step_times, self._estimate_eval_s(), self.steps_per_epoch, c.eval_every)
+        (total,) = rt.all_reduce([plan.total_steps if rt.is_main else 0])
+        plan.total_steps, plan.epochs = int(total), int(total) / self.steps_per_epoch
+        self.budget_plan, self.total_steps = plan, plan.total_steps
+        self.writer.update_config({"schedule": plan.to_dict()})
+        rt.print(f"time budget {c.time_budget_minutes:g} min: {plan.step_s * 1000:.0f} ms a step, "
+                 f"~{plan.eval_s:.0f} s an evaluation -> {plan.epochs:.2f} epochs ({plan.total_steps} steps)")
+
+    @torch.no_grad()
+    def _estimate_eval_s(self) -> float:
+        """One evaluation's seconds, from timing the second forward of the first val batch (and the teacher's
+        once, as the first evaluation also computes its logits)."""
+        rt = self.rt
+        x, _ = next(iter(self.val_loader))
+        models = [self.model] + ([self.ema.module] if self.ema is not None else [])
+        if self.teacher is not None and self.teacher_val_logits is None:
+            models.append(self.teacher)
+        seconds = 0.0
+        was_training = self.model.training
+        for model in models:
+            model.eval()
+            with rt.autocast():
+                model(x)
+                start = time.perf_counter()
+                model(x)
+            seconds += time.perf_counter() - start
+        self.model.train(was_training)
+        return seconds * len(self.val_loader)
 
     def _choose_precision(self, recorded: Optional[str]):
         """--precision auto on a CPU: measure the model's step in fp32 and bf16 and keep the faster (every rank
@@ -301,12 +359,14 @@ class Trainer:
             self.epoch_sums = {"loss": 0.0, "base": 0.0, "distill": 0.0, "n": 0, "images": 0,
                                "compute_s": 0.0, "wait_s": 0.0, "skipped": 0}
         sums = self.epoch_sums
-        bar = tqdm(total=self.steps_per_epoch, initial=first_batch, desc=f"epoch {epoch + 1}/{c.epochs}",
+        bar = tqdm(total=self.steps_per_epoch, initial=first_batch, desc=f"epoch {epoch + 1}/{self.num_epochs}",
                    disable=not (c.progress and self.rt.is_main), dynamic_ncols=True, leave=False)
         batches = iter(self.train_loader.iterate(first_batch))
         last_save = time.monotonic()
+        batch_index = first_batch
         try:
-            for batch_index in range(first_batch, self.steps_per_epoch):
+            # A budgeted schedule may end inside an epoch (and is fixed during the first one).
+            while batch_index < min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch):
                 t0 = time.perf_counter()
                 x, y = next(batches)
                 t1 = time.perf_counter()
@@ -319,16 +379,21 @@ class Trainer:
                 sums["images"] += len(x)
                 sums["wait_s"] += t1 - t0
                 sums["compute_s"] += t2 - t1
+                batch_index += 1
+                if self.calibrating:
+                    self.step_times.append(t2 - t0)
+                    if self.step >= calibration_steps(self.warmup_steps, self.steps_per_epoch):
+                        self.calibrate()
                 bar.update(1)
                 bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.3f}", lr=f"{self.lr(self.step - 1):.2e}",
                                 ims=f"{len(x) / (t2 - t0):.0f}")
                 if stop_after_steps is not None and self.step >= stop_after_steps:
-                    self.save(epoch, batch_index + 1)
+                    self.save(epoch, batch_index)
                     return True
                 # The main process's clock decides, and every process saves at the same step.
                 (save_due,) = self.rt.any(self.rt.is_main and time.monotonic() - last_save > c.save_every_minutes * 60)
                 if save_due:
-                    self.save(epoch, batch_index + 1)
+                    self.save(epoch, batch_index)
                     last_save = time.monotonic()
         finally:
             bar.close()
@@ -367,14 +432,14 @@ class Trainer:
             "epoch_time_s": elapsed, "world_size": self.rt.world_size, "skipped_steps": skipped,
         }
         row["skipped_images"] = sum(len(getattr(d, "skipped", ())) for d in (self.train_data, self.val_data))
-        if epoch + 1 == c.epochs or (epoch + 1) % c.eval_every == 0:
+        if epoch + 1 == self.num_epochs or (epoch + 1) % c.eval_every == 0:
             self.metrics = self.evaluate()
             row.update({f"val_{k}": v for k, v in self.metrics.items() if not k.startswith("disagree")})
             if self.metrics["top1"] > self.best_top1:
                 self.best_top1 = self.metrics["top1"]
                 self.writer.weights(self.model, c.model, "best.safetensors")
         self.writer.log(row)
-        summary = f"epoch {epoch + 1}/{c.epochs}: loss {row['train_loss']:.4f}, {row['images_per_s']:.0f} im/s"
+        summary = f"epoch {epoch + 1}/{self.num_epochs}: loss {row['train_loss']:.4f}, {row['images_per_s']:.0f} im/s"
         if "val_top1" in row:
             summary += f", val top-1 {row['val_top1']:.2f}%"
             if "val_top1_cls" in row and "val_top1_dist" in row:
@@ -394,19 +459,20 @@ class Trainer:
         c = self.config
         num_params = sum(p.numel() for p in self.model.parameters())
         self.rt.print(f"deit train: {c.model} ({num_params:,} params) on {c.data} ({len(self.train_data):,} train / "
-                      f"{len(self.val_data):,} val), {c.epochs} epochs x {self.steps_per_epoch} steps, "
+                      f"{len(self.val_data):,} val), {self._length()}, "
                       f"{self.rt.precision} on {self.rt.device}, distillation={c.distillation} -> {self.run_dir}")
-        start_epoch, start_batch = self.epoch, self.batch
-        for epoch in range(start_epoch, c.epochs):
-            first_batch = start_batch if epoch == start_epoch else 0
+        epoch, first_batch = self.epoch, self.batch
+        while epoch < self.num_epochs:  # a time budget fixes num_epochs during the first epoch
             if self.train_epoch(epoch, first_batch, stop_after_steps):
                 return RunResult(self.run_dir, {})
             self.end_epoch(epoch)
+            epoch, first_batch = epoch + 1, 0
 
         log_rows = read_log(self.run_dir) if self.rt.is_main else []
         metrics = dict(self.metrics)
         metrics.update({
-            "model": c.model, "params": num_params, "best_top1": self.best_top1, "epochs": c.epochs,
+            "model": c.model, "params": num_params, "best_top1": self.best_top1,
+            "epochs": self.total_steps / self.steps_per_epoch, "steps": self.total_steps,
             "train_time_s": sum(r["epoch_time_s"] for r in log_rows),
             "images_per_s": float(np.median([r["images_per_s"] for r in log_rows])) if log_rows else 0.0,
             "data_wait_fraction": float(np.median([r["data_wait_fraction"] for r in log_rows])) if log_rows else 0.0,
@@ -453,6 +519,7 @@ def fit(config: TrainConfig | None, resume: str | Path | None = None,
         trainer = Trainer(config, run_dir, rt, recorded_precision=recorded)
         if resume is not None:
             trainer.load_state_dict(load_state(run_dir, rt.device))
+            trainer.restore_schedule((read_run_config(run_dir) or {}).get("schedule"))
             trainer.writer.keep_log_until(trainer.epoch)
         else:
             trainer.writer.start(trainer.run_config())
