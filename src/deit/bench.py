@@ -114,9 +114,16 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
-def matmul_peak_tflops(dtype: torch.dtype, device: torch.device, n: Optional[int] = None, reps: int = 5) -> float:
-    """Achieved TFLOP/s of an n x n matmul in `dtype`: the machine's practical peak for MFU (median of reps)."""
-    n = n or (8192 if device.type == "cuda" else 2048)
+def matmul_peak_tflops(dtype: torch.dtype, device: torch.device, n: Optional[int] = None, reps: int = 5,
+                       max_seconds: float = 0.25) -> float:
+    """Achieved TFLOP/s of an n x n matmul in `dtype`: the machine's practical peak for MFU (median of reps).
+    Without n: 8192 on CUDA, 2048 on a CPU, shrunk (by halves, down to 256) until one product takes at most
+    max_seconds, so that a dtype the CPU only emulates (bf16 without bf16 instructions: 100x slower) does not
+    take minutes."""
+    if n is None:
+        n = 8192 if device.type == "cuda" else 2048
+        while n > 256 and _matmul_seconds(n // 4, dtype, device) * 64 > max_seconds:
+            n //= 2
     a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
     times = []
     for i in range(reps + 2):
@@ -127,6 +134,16 @@ def matmul_peak_tflops(dtype: torch.dtype, device: torch.device, n: Optional[int
         if i >= 2:
             times.append(time.perf_counter() - start)
     return 2 * n**3 / statistics.median(times) / 1e12
+
+
+def _matmul_seconds(n: int, dtype: torch.dtype, device: torch.device) -> float:
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    a @ b  # first call: allocation, kernel choice
+    _sync(device)
+    start = time.perf_counter()
+    a @ b
+    _sync(device)
+    return time.perf_counter() - start
 
 
 # ------------------------------------------------------------------------------------------- memory
