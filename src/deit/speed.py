@@ -45,8 +45,12 @@ def fastest_num_threads(step: Callable[[], object], candidates: Iterable[int] | 
 
 
 def _onednn_ok(model: nn.Module) -> bool:
+    """The fused path runs on oneDNN: a CPU model, and for bf16 a CPU whose oneDNN has bf16 kernels (an AVX2-only
+    CPU has none: its fused bf16 primitives fail to build, so the plain model serves)."""
     p = next(model.parameters(), None)
-    return p is not None and p.device.type == "cpu" and torch.backends.mkldnn.is_available()
+    if p is None or p.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    return p.dtype != torch.bfloat16 or torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 class CastInput(nn.Module):
