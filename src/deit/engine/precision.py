@@ -95,8 +95,10 @@ def cpu_model_name() -> str:
 
 
 def probe_key(model_name: str, input_shape: tuple[int, ...]) -> str:
-    """Machine, torch version, threads and the step's shape: a cached answer is reused only for the same step."""
-    return "|".join([cpu_model_name(), torch.__version__, f"threads={torch.get_num_threads()}", model_name,
+    """Machine (its name and vector ISA: two EPYC generations share a name), torch version, threads and the
+    step's shape: a cached answer is reused only for the same step."""
+    return "|".join([cpu_model_name(), torch.backends.cpu.get_cpu_capability(), torch.__version__,
+                     f"threads={torch.get_num_threads()}", model_name,
                      "x".join(map(str, input_shape))])
 
 
