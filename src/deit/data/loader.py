@@ -10,6 +10,7 @@ import torch
 
 from .augment import (AugmentConfig, build_randaugment, pad_random_crop, random_erase_, random_resized_crop,
                       randaugment_batch)
+from .epochs import EpochLoader
 from .folder import FolderData
 from .imagedata import ImageData
 from .sampler import RepeatAugSampler
@@ -101,7 +102,7 @@ def _worker_init(_):
     torch.set_num_threads(1)  # one core per worker; the training process keeps the rest
 
 
-class BatchLoader:
+class BatchLoader(EpochLoader):
     """Iterates batches: images float32 normalised [B, C, H, W] on `device`, labels int64 [B].
 
     train=True: a seeded per-epoch shuffle (with `repeats` > 1, repeated augmentation), sharded by (world_size, rank),
@@ -141,40 +142,14 @@ class BatchLoader:
         self.num_workers = num_workers = num_workers or 0  # None: in memory, the default is 0
         self._worker_loader = None
         if num_workers > 0:
-            self._batches = _EpochBatches(self.num_batches)
+            self._worker_order = _EpochBatches(self.num_batches)
             self._worker_loader = torch.utils.data.DataLoader(
-                self.builder, batch_size=None, sampler=self._batches, num_workers=num_workers,
+                self.builder, batch_size=None, sampler=self._worker_order, num_workers=num_workers,
                 persistent_workers=True, worker_init_fn=_worker_init, pin_memory=self.device.type == "cuda",
                 generator=torch.Generator())  # its own generator: the base-seed draw must not touch the global RNG
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def __iter__(self):
-        return self.iterate(0)
-
-    def iterate(self, start_batch: int = 0):
-        """Batches start_batch, start_batch + 1, ... of the current epoch (for exact mid-epoch resume)."""
-        if not 0 <= start_batch <= self.num_batches:
-            raise ValueError(f"start_batch must be in 0..{self.num_batches}, got {start_batch}")
-        if self._worker_loader is None:
-            built = (self.builder[self.epoch, k] for k in range(start_batch, self.num_batches))
-        else:
-            self._batches.epoch, self._batches.start = self.epoch, start_batch
-            built = iter(self._worker_loader)
-        for images, labels in built:
-            yield self._to_device(images), self._to_device(labels)
-
-    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        tensor = tensor.to(self.device, non_blocking=self.device.type == "cuda")
-        if self.channels_last and tensor.dim() == 4:
-            tensor = tensor.contiguous(memory_format=torch.channels_last)
-        return tensor
+    def _build_batch(self, epoch: int, k: int):
+        return self.builder[epoch, k]
 
 
 def make_loader(data, batch_size: int, *, train: bool, augment: AugmentConfig | None = None, repeats: int = 1,

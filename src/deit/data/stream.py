@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .augment import AugmentConfig
+from .epochs import EpochLoader
 from .folder import FolderData
 from .sampler import RepeatAugSampler
 from .seeding import derive_seed, seeded_rngs
@@ -80,7 +81,7 @@ class _BatchKeys(torch.utils.data.Sampler):
         return len(self.loader) - self.start
 
 
-class StreamLoader:
+class StreamLoader(EpochLoader):
     """Iterates batches of a FolderData: images float32 normalised [B, C, img_size, img_size] on `device`, labels
     int64 [B]. batch_size is per rank. num_workers > 0 decodes in persistent worker processes (prefetch_factor
     batches ahead each; persistent=False: started per pass and ended with it), 0 in this process."""
@@ -116,11 +117,11 @@ class StreamLoader:
             transform = eval_transform(size, data.eval_crop_ratio, data.mean, data.std)
         self.reader = _SampleReader(data, transform, seed, random=train and augment is not None)
         self.num_workers = num_workers = default_num_workers(data) if num_workers is None else num_workers
-        self._keys = _BatchKeys(self)
+        self._worker_order = _BatchKeys(self)
         self._worker_loader = None
         if num_workers > 0:
             self._worker_loader = torch.utils.data.DataLoader(
-                self.reader, batch_sampler=self._keys, num_workers=num_workers, collate_fn=_collate,
+                self.reader, batch_sampler=self._worker_order, num_workers=num_workers, collate_fn=_collate,
                 persistent_workers=persistent, worker_init_fn=_worker_init, pin_memory=self.device.type == "cuda",
                 prefetch_factor=prefetch_factor,
                 generator=torch.Generator())  # its own generator: the base-seed draw must not touch the global RNG
@@ -138,32 +139,5 @@ class StreamLoader:
     def _num_indices(self) -> int:
         return len(self.sampler) if self.sampler is not None else len(self.eval_indices)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def __iter__(self):
-        return self.iterate(0)
-
-    def iterate(self, start_batch: int = 0):
-        """Batches start_batch, start_batch + 1, ... of the current epoch (for exact mid-epoch resume)."""
-        if not 0 <= start_batch <= self.num_batches:
-            raise ValueError(f"start_batch must be in 0..{self.num_batches}, got {start_batch}")
-        if self._worker_loader is None:
-            built = (_collate([self.reader[key] for key in self.batch_keys(self.epoch, k)])
-                     for k in range(start_batch, self.num_batches))
-        else:
-            self._keys.epoch, self._keys.start = self.epoch, start_batch
-            built = iter(self._worker_loader)
-        for images, labels in built:
-            yield self._to_device(images), self._to_device(labels)
-
-    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        tensor = tensor.to(self.device, non_blocking=self.device.type == "cuda")
-        if self.channels_last and tensor.dim() == 4:
-            tensor = tensor.contiguous(memory_format=torch.channels_last)
-        return tensor
+    def _build_batch(self, epoch: int, k: int):
+        return _collate([self.reader[key] for key in self.batch_keys(epoch, k)])

@@ -1,0 +1,46 @@
+"""The loader contract that BatchLoader (in-memory splits) and StreamLoader (streamed folders) share: batches of
+an epoch from any start (exact mid-epoch resume), built in this process or in persistent worker processes, on
+the loader's device."""
+
+from __future__ import annotations
+
+import torch
+
+
+class EpochLoader:
+    """Subclasses set num_batches, sampler (None for evaluation), device, channels_last, _worker_loader (None:
+    build in this process) with _worker_order (the sampler whose epoch/start it reads), and _build_batch."""
+
+    epoch: int = 0
+
+    def _build_batch(self, epoch: int, k: int):
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self):
+        return self.iterate(0)
+
+    def iterate(self, start_batch: int = 0):
+        """Batches start_batch, start_batch + 1, ... of the current epoch (for exact mid-epoch resume)."""
+        if not 0 <= start_batch <= self.num_batches:
+            raise ValueError(f"start_batch must be in 0..{self.num_batches}, got {start_batch}")
+        if self._worker_loader is None:
+            built = (self._build_batch(self.epoch, k) for k in range(start_batch, self.num_batches))
+        else:
+            self._worker_order.epoch, self._worker_order.start = self.epoch, start_batch
+            built = iter(self._worker_loader)
+        for images, labels in built:
+            yield self._to_device(images), self._to_device(labels)
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.to(self.device, non_blocking=self.device.type == "cuda")
+        if self.channels_last and tensor.dim() == 4:
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
+        return tensor
