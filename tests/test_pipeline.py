@@ -2,13 +2,16 @@
 
 import json
 import shlex
+import shutil
 
 import pytest
+import torch
 
 from deit.cli import build_parser
 from deit.cli.train import config_from_args
 from deit.pipeline import run_pipeline
-from deit.reproduce import STUDIES, plot_study, render_tables, row_config, run_study, train_command
+from deit.reproduce import (STUDIES, encode_predictions, plot_study, render_tables, row_config, run_study,
+                            train_command)
 
 
 def test_pipeline_trains_teacher_then_student_and_reuses_them(tmp_path, fmnist_dir, capsys):
@@ -91,9 +94,12 @@ def test_reproduce_writes_tables_plot_and_commands_and_reuses_runs(tmp_path, fmn
     assert len(commands) == len(study.teachers) + len(study.rows) * len(study.seeds) == len(set(commands))
     assert len(first["disagreement"]) == 10 and all(0 <= v <= 1 for v in first["disagreement"].values())
     capsys.readouterr()
+    shutil.rmtree(runs)  # a new machine: only results/ is left
     second = run_study("fmnist-cpu", output=out, runs_dir=runs, **toy)
-    assert capsys.readouterr().out.count("reusing the finished run") == len(commands)
+    # Every run's record is reused; the teachers' weights are not needed, so they are not trained again.
+    assert capsys.readouterr().out.count("reusing the recorded run") == len(commands) and not runs.exists()
     assert second["table"] == first["table"]
+    assert (out / "commands.txt").read_text().splitlines() == commands
 
 
 def test_data_efficiency_table_pairs_each_fraction_with_its_teacher_and_runs(tmp_path):
@@ -105,8 +111,14 @@ def test_data_efficiency_table_pairs_each_fraction_with_its_teacher_and_runs(tmp
                "rows": {"none-10pct": {"runs": [{"top1": 80.0}]},
                         "token-10pct": {"runs": [{"top1": 82.5, "top1_cls": 82.0, "top1_dist": 82.25}]},
                         "none-100pct": {"runs": [{"top1": 89.0}]}}}
-    table = render_tables(study, results, tmp_path)
-    assert "| 10 % | 85.00 | 80.00 | 82.00 / 82.25 / 82.50 | +2.50 |  |" in table  # no run dirs: no rates
+    table = render_tables(study, results)
+    assert "| 10 % | 85.00 | 80.00 | 82.00 / 82.25 / 82.50 | +2.50 |  |" in table  # no predictions: no rates
+    # Seed-0 predictions recorded: the teacher disagrees with none on 1 image of 4, with token on none.
+    classes = {"teacher-cnn": [0, 1, 2, 3], "none": [0, 1, 2, 0], "token": [0, 1, 2, 3]}
+    results["records"] = {f"{k}-10pct-s0": {"predictions": encode_predictions({"logits": torch.eye(4)[v]})}
+                          for k, v in classes.items()}
+    table = render_tables(study, results)
+    assert "| 10 % | 85.00 | 80.00 | 82.00 / 82.25 / 82.50 | +2.50 | 25.0 / 0.0 |" in table
     assert "| 25 % |  |  |  |  |  |" in table and "| 100 % | 91.00 | 89.00 |  |  |  |" in table
     assert "Partial: 3 of 6" in table
     plot_study(study, results, tmp_path / "plot.png")

@@ -3,6 +3,7 @@ checkpoints as a teacher, the matched-accuracy checkpoint, and the whole study a
 
 import json
 import shlex
+import shutil
 
 import pytest
 import torch
@@ -122,7 +123,7 @@ def test_the_matched_checkpoint_is_the_closest_evaluated_and_kept_epoch(tmp_path
 def test_partial_results_render(tmp_path):
     study = STUDIES[STUDY]
     results = {"teachers": {}, "rows": {"none": {"label": "no distillation", "seeds": [0], "runs": [{"top1": 70.0}]}}}
-    table = render_tables(study, results, tmp_path)
+    table = render_tables(study, results)
     assert "Partial: 1 of 12" in table and "| no distillation | 70.00 |" in table
     assert "## Targets" not in table  # nothing to compare yet
 
@@ -160,5 +161,17 @@ def test_small_canvas_study_end_to_end_at_toy_scale(tmp_path, fmnist_dir, capsys
     assert "--keep-checkpoints" in teacher_command and "--eval-every 1 " in teacher_command
     capsys.readouterr()
     second = run_study(STUDY, output=out, runs_dir=runs, **toy)
-    assert capsys.readouterr().out.count("reusing the finished run") == len(commands)
+    assert capsys.readouterr().out.count("reusing the recorded run") == len(commands)
     assert second["table"] == first["table"]
+    # A new machine (runs/ gone) where one run was not recorded: its teacher is trained again (same seed, same
+    # settings: the same weights), its target row's record gives the accuracy to match, nothing else is trained.
+    shutil.rmtree(runs)
+    saved = json.loads((out / "results.json").read_text())
+    del saved["records"]["token-cnn-matched-s1"]
+    (out / "results.json").write_text(json.dumps(saved))
+    third = run_study(STUDY, output=out, runs_dir=runs, **toy)
+    assert sorted(p.name for p in runs.iterdir()) == ["teacher-cnn-s0", "token-cnn-matched-s1"]
+    heads = ("top1", "top1_cls", "top1_dist")
+    again, before = (r["rows"]["token-cnn-matched"]["runs"][1] for r in (third, first))
+    assert [again[k] for k in heads] == [before[k] for k in heads]
+    assert third["table"] == first["table"]

@@ -1,0 +1,45 @@
+"""What a study keeps of each finished run in its results.json ("records"), so a study spans sessions and machines
+whose runs/ directory is gone: the run's metrics, its command, the teacher it had, and for seed-0 runs its
+predictions on the test set (for Table 4). A record is reused only while its row's settings are unchanged."""
+
+from __future__ import annotations
+
+import base64
+import json
+import zlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import TrainConfig
+
+
+def fingerprint(options: dict[str, Any], row_teacher: str | None, teacher_checkpoint: str | None, preset: str,
+                seed: int) -> str:
+    """The settings that decide a run's outcome, as canonical JSON (execution-only settings left out)."""
+    skip = set(TrainConfig.execution_only())
+    settings = {k: v for k, v in options.items() if k not in skip}
+    return json.dumps({"preset": preset, "seed": seed, "teacher": row_teacher, "teacher_checkpoint": teacher_checkpoint,
+                       "options": settings}, sort_keys=True, default=str)
+
+
+def encode_predictions(pred: dict[str, torch.Tensor]) -> dict[str, str]:
+    """The predicted class of every image per head ("logits", "cls", "dist"), compressed for JSON."""
+    return {head: base64.b64encode(zlib.compress(value.argmax(1).to(torch.int16).numpy().tobytes(), 9)).decode()
+            for head, value in pred.items() if head != "targets"}
+
+
+def decode_predictions(encoded: dict[str, str]) -> dict[str, torch.Tensor]:
+    import numpy as np
+
+    return {head: torch.from_numpy(np.frombuffer(zlib.decompress(base64.b64decode(text)), dtype=np.int16).copy())
+            for head, text in encoded.items()}
+
+
+def previous_records(output: Path) -> dict[str, dict[str, Any]]:
+    """The records of an earlier call's results.json in `output` ({} if none)."""
+    path = Path(output) / "results.json"
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text()).get("records", {})

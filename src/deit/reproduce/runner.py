@@ -1,0 +1,214 @@
+"""Running a study: every row an ordinary `deit train` run in runs/reproduce/<preset>/<row>-s<seed>. What each
+finished run gave is recorded in results/<preset>/results.json (deit.reproduce.records), so a study continues
+where it stopped even on a machine without its runs/ directory: recorded runs are reused, interrupted ones
+resumed, and a teacher whose weights are gone is trained again (deterministically: same seed, same settings)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..config import TrainConfig, preset_config
+from ..fileio import atomic_write
+from .records import encode_predictions, fingerprint, previous_records
+from .studies import STUDIES, Row, Study, teacher_key
+from .tables import plot_study, render_tables
+
+
+def closest_checkpoint(accuracies: dict[int, float], target: float) -> int:
+    """The epoch whose top-1 is closest to `target` (the earlier one on a tie)."""
+    if not accuracies:
+        raise ValueError("no evaluated checkpoint to choose from")
+    return min(accuracies, key=lambda epoch: (abs(accuracies[epoch] - target), epoch))
+
+
+def matched_teacher(row: Row, runs_dir: Path, target_top1: float | None = None) -> dict[str, Any]:
+    """The checkpoint of row.teacher's seed-0 run whose val top-1 is closest to the seed-0 top-1 of the row named by
+    row.teacher_checkpoint ("matched:<row>"; `target_top1` if given, else read from its run):
+    {"epoch", "top1", "weights", "target", "target_top1"}."""
+    from ..engine.run_dir import read_log
+    from ..engine.trainer import epoch_checkpoint
+
+    kind, _, target = (row.teacher_checkpoint or "").partition(":")
+    if kind != "matched" or not target:
+        raise ValueError(f"row {row.key}: teacher_checkpoint must be 'matched:<row>', got {row.teacher_checkpoint!r}")
+    teacher_dir, target_dir = runs_dir / f"{row.teacher}-s0", runs_dir / f"{target}-s0"
+    if not (teacher_dir / "metrics.json").exists() or (target_top1 is None and not (target_dir / "metrics.json").exists()):
+        raise ValueError(f"row {row.key} needs the finished runs {teacher_dir} and {target_dir} first")
+    if target_top1 is None:
+        target_top1 = json.loads((target_dir / "metrics.json").read_text())["top1"]
+    accuracies = {r["epoch"]: r["val_top1"] for r in read_log(teacher_dir)
+                  if "val_top1" in r and (teacher_dir / epoch_checkpoint(r["epoch"])).exists()}
+    if not accuracies:
+        raise ValueError(f"{teacher_dir} kept no evaluated per-epoch checkpoints (train it with --keep-checkpoints "
+                         "and --eval-every 1)")
+    epoch = closest_checkpoint(accuracies, target_top1)
+    return {"epoch": epoch, "top1": accuracies[epoch], "weights": str(teacher_dir / epoch_checkpoint(epoch)),
+            "target": target, "target_top1": target_top1}
+
+
+def row_options(study: Study, row: Row) -> dict[str, Any]:
+    """The options of a row's runs on top of its preset (the study's common options apply to student rows)."""
+    return {**study.common, **row.options} if row.preset == "fmnist-cpu" else dict(row.options)
+
+
+def row_config(study: Study, row: Row, seed: int, runs_dir: Path, teacher_weights: str | None = None,
+               **execution: Any) -> TrainConfig:
+    """The config of a row's run; a matched-teacher row takes `teacher_weights` (else chosen from runs_dir)."""
+    options = row_options(study, row)
+    if row.teacher is not None and row.teacher_checkpoint is not None:
+        teacher_row = next(t for t in study.teachers if t.key == row.teacher)
+        options["teacher"] = teacher_row.options["model"]  # an architecture name with its checkpoint's weights
+        options["teacher_weights"] = teacher_weights or matched_teacher(row, Path(runs_dir))["weights"]
+    elif row.teacher is not None:
+        options["teacher"] = str(runs_dir / f"{row.teacher}-s0")  # one teacher per study, as in the paper
+    return preset_config(row.preset, seed=seed, output=str(runs_dir / f"{row.key}-s{seed}"),
+                         **{**options, **execution})
+
+
+def train_command(config: TrainConfig, preset: str) -> str:
+    """The `deit train` command line equivalent to `config` (flags that differ from the preset)."""
+    defaults = preset_config(preset)
+    parts = ["deit train", f"--preset {preset}"]
+    for key, value in config.to_dict().items():
+        if value != getattr(defaults, key) and key != "progress":
+            flag = "--" + key.replace("_", "-")
+            if isinstance(value, bool):
+                parts.append(flag if value else f"--no-{key.replace('_', '-')}")
+            else:
+                parts.append(f"{flag} {value}")
+    return " ".join(parts)
+
+
+def predict_run(run_dir: Path, **execution: Any) -> dict[str, Any]:
+    """Predictions (logits, and cls/dist for a distilled model) of a finished run on its val/test split."""
+    from ..checkpoint import load_checkpoint
+    from ..data import load_split, make_loader
+    from ..engine.evaluate import predict
+    from ..engine.precision import resolve_precision
+    from ..engine.runtime import resolve_device
+
+    config = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text())["train"])
+    device = resolve_device(execution.get("device", "auto"))
+    amp = resolve_precision(execution.get("precision", "auto"), device)
+    loader = make_loader(load_split(config, "val"), 500, train=False, device=device, num_workers=None)
+    return predict(load_checkpoint(run_dir).model.to(device), loader, device, amp)
+
+
+def token_cosine_of_run(run_dir: Path, num_images: int = 1000) -> dict[str, Any] | None:
+    """cos(class token, distillation token) after each block of a finished distilled run, averaged over the first
+    `num_images` val images (deit.analyze.token_cosine); None for a model without a distillation token."""
+    import torch
+
+    from ..analyze import normalised, token_cosine
+    from ..checkpoint import load_checkpoint
+    from ..data import load_split
+
+    config = TrainConfig.from_dict(json.loads((Path(run_dir) / "config.json").read_text())["train"])
+    model = load_checkpoint(run_dir).model.eval()
+    if getattr(getattr(model, "config", None), "num_prefix_tokens", 1) != 2:
+        return None
+    val = load_split(config, "val")
+    count = min(num_images, len(val))
+    with torch.no_grad():
+        tokens = model.trace(normalised(val, count)).tokens
+    return {"layers": ["input"] + [f"block {i + 1}" for i in range(len(tokens) - 1)],
+            "cosine": token_cosine(tokens), "num_images": count}
+
+
+class StudyRun:
+    """One call of `run_study`: trains what is neither recorded nor finished, keeps every run's record."""
+
+    def __init__(self, study: Study, output: Path, runs_dir: Path, execution: dict[str, Any]):
+        self.study, self.output, self.runs_dir, self.execution = study, output, runs_dir, execution
+        self.recorded = previous_records(output)
+        self.records: dict[str, dict[str, Any]] = {}  # this call's, in training order
+        self.results: dict[str, Any] = {"teachers": {}, "rows": {}, "records": self.records}
+        self.rows = {r.key: r for r in study.teachers + study.rows}
+
+    def run(self, row: Row, seed: int, need_weights: bool = False) -> dict[str, Any]:
+        """The record of a row's run: reused from results.json (unless its weights are needed and gone), else
+        trained, resumed or reused from runs_dir."""
+        name = f"{row.key}-s{seed}"
+        finished = (self.runs_dir / name / "metrics.json").exists()
+        if name in self.records and (finished or not need_weights):
+            return self.records[name]
+        settings = fingerprint({**row_options(self.study, row), **self.execution}, row.teacher,
+                               row.teacher_checkpoint, row.preset, seed)
+        record = self.recorded.get(name)
+        if record is not None and record["fingerprint"] == settings and (finished or not need_weights):
+            print(f"reusing the recorded run {name} ({self.output / 'results.json'})", flush=True)
+            if row.teacher is not None:  # its teacher's record too (its command, its predictions for Table 4)
+                self.run(self.rows[row.teacher], 0)
+        else:
+            if record is not None and record["fingerprint"] == settings:
+                print(f"{name} is recorded but its weights are not in {self.runs_dir}: training it again", flush=True)
+            record = self.train(row, seed, settings)
+        self.records[name] = record
+        return record
+
+    def train(self, row: Row, seed: int, settings: str) -> dict[str, Any]:
+        from ..engine import fit_or_reuse
+
+        teacher = self.teacher_of(row) if row.teacher is not None else None
+        config = row_config(self.study, row, seed, self.runs_dir, teacher_weights=(teacher or {}).get("weights"),
+                            **self.execution)
+        result = fit_or_reuse(config)
+        run_dir = Path(config.output)
+        record = {"fingerprint": settings, "command": train_command(config, row.preset), "metrics": result.metrics,
+                  "teacher": teacher}
+        if seed == 0:  # Table 4 and the token cosine come from seed-0 runs
+            record["predictions"] = encode_predictions(predict_run(run_dir, **self.execution))
+            cosine = token_cosine_of_run(run_dir)
+            if cosine is not None:
+                record["token_cosine"] = cosine
+        return record
+
+    def teacher_of(self, row: Row) -> dict[str, Any]:
+        """The teacher of a row (its weights trained if needed): a teacher row's or a student row's seed-0 run, or
+        the checkpoint of matched accuracy."""
+        source = self.rows[row.teacher]
+        metrics = self.run(source, 0, need_weights=True)["metrics"]
+        label = source.label if source in self.study.teachers else \
+            f"transformer teacher ({metrics['model']}, the {row.teacher} row, seed 0)"
+        if row.teacher_checkpoint is None:
+            return {"label": label, **metrics}
+        target = row.teacher_checkpoint.partition(":")[2]
+        target_top1 = self.run(self.rows[target], 0)["metrics"]["top1"]
+        choice = matched_teacher(row, self.runs_dir, target_top1)
+        return {"label": f"{label}, epoch {choice['epoch']} (matched to {target}-s0)", "params": metrics["params"],
+                **choice}
+
+    def student(self, row: Row, seed: int) -> None:
+        record = self.run(row, seed)
+        if row.teacher is not None:
+            self.results["teachers"].setdefault(teacher_key(row), record["teacher"])
+        entry = self.results["rows"].setdefault(row.key, {"label": row.label, "seeds": [], "runs": []})
+        entry["runs"].append(record["metrics"])
+        entry["seeds"].append(seed)
+
+    def write_outputs(self) -> None:
+        self.results["table"] = render_tables(self.study, self.results)
+        texts = {"commands.txt": "\n".join(r["command"] for r in self.records.values()) + "\n",
+                 "results.json": json.dumps(self.results, indent=1, default=str), "README.md": self.results["table"]}
+        for name, text in texts.items():  # results.json holds the records: never leave it half written
+            atomic_write(self.output / name, lambda tmp, text=text: tmp.write_text(text))
+        plot_study(self.study, self.results, self.output / "plot.png")
+
+
+def run_study(name: str, output: str | Path | None = None, runs_dir: str | Path | None = None,
+              **execution: Any) -> dict[str, Any]:
+    """Train every row of a study in its schedule's order (reusing recorded and finished runs), writing its
+    tables, plot, commands and records to `output` after every student run."""
+    if name not in STUDIES:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(STUDIES)}")
+    study = STUDIES[name]
+    output = Path(output or Path("results") / name)
+    runs_dir = Path(runs_dir or Path("runs") / "reproduce" / name)
+    output.mkdir(parents=True, exist_ok=True)
+    state = StudyRun(study, output, runs_dir, execution)
+    for row, seed in study.schedule():
+        state.student(row, seed)
+        state.write_outputs()
+    return state.results
