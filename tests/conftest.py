@@ -37,3 +37,13 @@ def make_run_dir(model: torch.nn.Module, run_dir: Path, classes: list[str], mean
     config["preprocessing"] = {"mean": list(mean), "std": list(std), "img_size": list(img_size), "in_chans": in_chans}
     (run_dir / "config.json").write_text(json.dumps(config))
     return run_dir
+
+
+@pytest.fixture
+def small_val(monkeypatch):
+    """Toy scale: runs evaluate on the first 500 test images (all 10,000 would dominate these tests)."""
+    import deit.data
+
+    full_split = deit.data.load_split
+    monkeypatch.setattr(deit.data, "load_split", lambda config, split, **kw: (
+        full_split(config, split, **kw) if split == "train" else full_split(config, split, **kw).subset(range(500))))

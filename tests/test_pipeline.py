@@ -14,7 +14,7 @@ from deit.reproduce import (STUDIES, encode_predictions, plot_study, render_tabl
                             train_command)
 
 
-def test_pipeline_trains_teacher_then_student_and_reuses_them(tmp_path, fmnist_dir, capsys):
+def test_pipeline_trains_teacher_then_student_and_reuses_them(tmp_path, fmnist_dir, capsys, small_val):
     options = dict(data_dir=fmnist_dir, train_subset=600, teacher_epochs=1, student_epochs=1,
                    progress=False, threads=2, precision="fp32", teacher_model="resnet8_small")
     first = run_pipeline(tmp_path / "p", **options)
@@ -73,7 +73,7 @@ def test_reproduce_commands_rebuild_the_same_configs(study, tmp_path):
         assert config_from_args(args).replace(progress=True) == config.replace(progress=True), command
 
 
-def test_reproduce_writes_tables_plot_and_commands_and_reuses_runs(tmp_path, fmnist_dir, capsys):
+def test_reproduce_writes_tables_plot_and_commands_and_reuses_runs(tmp_path, fmnist_dir, capsys, small_val):
     """The whole fmnist-cpu study at toy scale (200 training images, one epoch per run): every row of
     Tables 2-4 is filled from real runs, commands.txt lists each run once, and a second call trains nothing."""
     toy = dict(data_dir=fmnist_dir, train_subset=200, epochs=1, batch_size=50, warmup_epochs=0.1,

@@ -65,16 +65,6 @@ def test_canvas_val_is_independent_of_the_train_subset_and_the_subset_of_the_see
         small.replace(img_size=40)
 
 
-@pytest.fixture
-def small_val(monkeypatch):
-    """Toy scale: runs evaluate on the first 500 placed test images (all 10,000 would dominate these tests)."""
-    import deit.data
-
-    full_split = deit.data.load_split
-    monkeypatch.setattr(deit.data, "load_split", lambda config, split, **kw: (
-        full_split(config, split, **kw) if split == "train" else full_split(config, split, **kw).subset(range(500))))
-
-
 def test_kept_checkpoints_load_as_a_teacher_by_architecture_name(tmp_path, fmnist_dir, small_val):
     config = preset_config("cnn-small", model="resnet8_tiny", data_dir=fmnist_dir, canvas=40, train_subset=100,
                            epochs=2, batch_size=50, eval_every=1, keep_checkpoints=True, output=str(tmp_path / "t"),
