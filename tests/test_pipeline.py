@@ -52,7 +52,7 @@ def test_pipeline_minutes_size_both_schedules_to_the_budget(tmp_path, fmnist_dir
     assert "| epochs |" in result["table"]
 
 
-def test_pipeline_refuses_a_directory_holding_other_settings(tmp_path, fmnist_dir):
+def test_pipeline_refuses_a_directory_holding_other_settings(tmp_path, fmnist_dir, small_val):
     options = dict(data_dir=fmnist_dir, train_subset=300, teacher_epochs=1, student_epochs=1,
                    progress=False, teacher_model="resnet8_small", precision="fp32")
     run_pipeline(tmp_path / "p", **options)

@@ -210,6 +210,7 @@ def prepare_runs(run_dirs, *, weights: str = "model", data: str | None = None, d
                  max_val: int | None = None) -> list[RunToAnalyze]:
     """Every run's model and val data, checked before anything is computed or written."""
     from .data import load_data
+    from .data.canvas import place_on_canvas
 
     if weights not in RUN_WEIGHTS:
         raise ValueError(f"weights must be one of {', '.join(RUN_WEIGHTS)}, got {weights!r}")
@@ -228,9 +229,13 @@ def prepare_runs(run_dirs, *, weights: str = "model", data: str | None = None, d
         where = data_dir if data_dir is not None or data else train.get("data_dir")
         key = (name, where, prep["img_size"][0])
         options = {k: train[k] for k in ("cache_images", "eval_crop_ratio", "skip_bad_images") if k in train}
-        key = (*key, tuple(sorted(options.items())))
+        canvas = None if data else train.get("canvas")  # images placed on a canvas as in training (deit.data.canvas)
+        key = (*key, tuple(sorted(options.items())), canvas)
         if key not in loaded:  # runs on the same data share one copy; a folder streamed or cached as it trained
-            loaded[key] = load_data(name, "val", data_dir=where, img_size=prep["img_size"][0], **options)
+            size = train.get("img_size") if canvas else prep["img_size"][0]
+            loaded[key] = load_data(name, "val", data_dir=where, img_size=size, **options)
+            if canvas:
+                loaded[key] = place_on_canvas(loaded[key], canvas)
         val = loaded[key]
         if max_val is not None:
             val = val.subset(range(min(max_val, len(val))))
