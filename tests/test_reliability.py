@@ -288,7 +288,7 @@ def test_nan_weights_never_overwrite_a_good_checkpoint(what, label, folder, one_
     ({"model": "no_such_model"}, "unknown model 'no_such_model'"),
     ({"epochs": 0}, "epochs must be >= 1, got 0"),
     ({"epochs": -3}, "epochs must be >= 1, got -3"),
-    ({"batch_size": 400}, "train: 200 samples per replica give no batch of 400"),
+    ({"batch_size": 400}, "--batch-size 400 is larger than the 200 training images: use --batch-size 200 or less"),
     ({"img_size": 30}, "img_size 30x30 is not a multiple of patch_size 7"),
 ])
 def test_bad_training_input_is_one_line_and_writes_nothing(flags, message, folder, tmp_path, capsys):
