@@ -65,7 +65,7 @@ def test_teacher_that_does_not_fit_is_refused_before_training(tmp_path, fmnist_d
     assert not (tmp_path / "s").exists()  # nothing started
 
 
-def test_resume_gives_identical_weights(tmp_path, fmnist_dir):
+def test_resume_gives_identical_weights(tmp_path, fmnist_dir, small_val):
     """Interrupted mid-epoch and resumed == uninterrupted (seeded, CPU, deterministic), with the
     stochastic parts on: Mixup/CutMix, random erasing, drop path, EMA."""
     options = dict(train_subset=400, batch_size=40, epochs=2, mixup=0.8, cutmix=1.0, reprob=0.25,
