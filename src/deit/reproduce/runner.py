@@ -145,6 +145,8 @@ class StudyRun:
             if record is not None and record["fingerprint"] == settings:
                 print(f"{name} is recorded but its weights are not in {self.runs_dir}: training it again", flush=True)
             record = self.train(row, seed, settings)
+            self.records[name] = record
+            self.write_outputs()  # recorded at once: a session may end before the students of a teacher finish
         self.records[name] = record
         return record
 
@@ -194,7 +196,8 @@ class StudyRun:
                  "results.json": json.dumps(self.results, indent=1, default=str), "README.md": self.results["table"]}
         for name, text in texts.items():  # results.json holds the records: never leave it half written
             atomic_write(self.output / name, lambda tmp, text=text: tmp.write_text(text))
-        plot_study(self.study, self.results, self.output / "plot.png")
+        if self.results["rows"]:  # a plot of students (a teacher alone may be recorded first)
+            plot_study(self.study, self.results, self.output / "plot.png")
 
 
 def run_study(name: str, output: str | Path | None = None, runs_dir: str | Path | None = None,
