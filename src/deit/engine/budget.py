@@ -27,7 +27,7 @@ class BudgetPlan:
 
 def calibration_steps(warmup_steps: int, steps_per_epoch: int) -> int:
     """Measure during the whole warm-up (at most one epoch), whose learning rates do not depend on the
-    schedule's length; at least 8 steps. The first steps run slower (allocation, loader workers starting):
+    schedule's length; at least 8 steps. The first steps run slower (allocation and other start-up costs):
     40 steps measured a step 9 % slower than the rest of the run, and the pipeline ended 6 % early."""
     return max(8, min(warmup_steps, steps_per_epoch))
 

@@ -93,7 +93,7 @@ def metrics_from_predictions(pred: dict[str, torch.Tensor]) -> dict[str, float]:
 
 def inference_view(model: nn.Module, amp_dtype) -> nn.Module:
     """In fp32 on a CPU: a copy of `model` behind deit.speed's inference forward (a ResNet's BatchNorm folded
-    into its convolutions, a ViT's fused oneDNN kernels; resnet8_tiny at 40 px evaluates 1.8x faster on an
+    into its convolutions, a ViT's fused oneDNN kernels; resnet8_tiny at 40 px evaluates 1.9x faster on an
     AMD EPYC Zen 3); the model itself elsewhere."""
     if amp_dtype not in (None, torch.float32) or next(model.parameters()).device.type != "cpu":
         return model

@@ -93,6 +93,9 @@ class Trainer:
         # refuses such a directory) takes its weights from the state instead.
         source = prepare_finetune(c) if not (self.run_dir / STATE).exists() else None
         self.train_data, self.val_data = load_split(c, "train"), load_split(c, "val")
+        if len(self.train_data) < c.batch_size:  # the loaders drop the last partial batch when training
+            raise ValueError(f"--batch-size {c.batch_size} is larger than the {len(self.train_data)} training images: "
+                             f"use --batch-size {len(self.train_data)} or less")
         seed_everything(c.seed + rt.rank)  # per-rank randomness (stochastic depth); the weights start equal
         self.model = create_model(c.model, **model_overrides(c, self.train_data)).to(rt.device)
         self.finetune_info = apply_finetune(self.model, source, c, self.train_data.classes, rt.print)
@@ -108,9 +111,6 @@ class Trainer:
         mixup = SeededMixup(c, self.train_data.num_classes, rt.rank) if c.mixing else None
         self.task = DistillationTask(self._wrap_for_ranks(self.model), self.teacher, build_criterion(c), mixup)
 
-        if len(self.train_data) < c.batch_size:  # the loaders drop the last partial batch when training
-            raise ValueError(f"--batch-size {c.batch_size} is larger than the {len(self.train_data)} training images: "
-                             f"use --batch-size {len(self.train_data)} or less")
         shard = dict(device=rt.device, num_workers=c.num_workers, world_size=rt.world_size, rank=rt.rank)
         self.train_loader = make_loader(self.train_data, per_rank_batch(c, rt.world_size), train=True,
                                         augment=augment_config(c), repeats=c.repeats, seed=c.seed, **shard)
