@@ -18,7 +18,7 @@ from deit.data.subsets import stratified_subset
 from deit.engine import fit
 from deit.engine.trainer import epoch_checkpoint
 from deit.reproduce import (STUDIES, closest_checkpoint, matched_teacher, render_tables, row_config, run_study,
-                            train_command)
+                            selected_runs, train_command)
 from deit.teacher import load_teacher
 
 STUDY = "fmnist-small-canvas"
@@ -119,14 +119,35 @@ def test_partial_results_render(tmp_path):
     assert "## Targets" not in table  # nothing to compare yet
 
 
+def test_rows_and_seeds_name_runs_of_the_study_or_say_which_exist():
+    study = STUDIES[STUDY]
+    assert selected_runs(study, ["token", "teacher-cnn"], [1]) == {("token", 1), ("teacher-cnn", 0)}
+    assert len(selected_runs(study)) == 2 * len(study.rows)
+    with pytest.raises(ValueError, match="has no row 'tokn'; its rows: none, soft, hard, token"):
+        selected_runs(study, ["tokn"])
+    with pytest.raises(ValueError, match="runs seeds 0, 1; not 2"):
+        selected_runs(study, None, [2])
+
+
 def test_small_canvas_study_end_to_end_at_toy_scale(tmp_path, fmnist_dir, capsys, small_val):
     """Every row trained (200 images, 2 epochs), the teacher of matched accuracy picked from the convnet's kept
     checkpoints, Tables 2-4, the token cosine and the targets written; a second call trains nothing."""
     toy = dict(data_dir=fmnist_dir, train_subset=200, epochs=2, batch_size=50, warmup_epochs=0.1,
                progress=False, threads=2, precision="fp32")
     out, runs = tmp_path / "results", tmp_path / "runs"
-    first = run_study(STUDY, output=out, runs_dir=runs, **toy)
     study = STUDIES[STUDY]
+    # --rows none,token --seeds 0: those two and the teacher token needs; --plan then says what the rest would do
+    part = run_study(STUDY, output=out, runs_dir=runs, rows=["none", "token"], seeds=[0], **toy)
+    assert sorted(p.name for p in runs.iterdir()) == ["none-s0", "teacher-cnn-s0", "token-s0"]
+    assert {k: len(v["runs"]) for k, v in part["rows"].items()} == {"none": 1, "token": 1}
+    capsys.readouterr()
+    plan = dict(run_study(STUDY, output=out, runs_dir=runs, plan=True, **toy)["plan"])
+    assert capsys.readouterr().out.count("\n") == len(plan) + 1 == 1 + 2 * len(study.rows) + 1
+    assert plan["token-s0"] == f"recorded: top-1 {part['rows']['token']['runs'][0]['top1']:.2f} %"
+    assert plan["none-s1"] == "to train" and plan["teacher-cnn-s0"].startswith("recorded")
+    other = dict(run_study(STUDY, output=out, runs_dir=runs, plan=True, **{**toy, "epochs": 3})["plan"])
+    assert other["none-s0"] == "to train: recorded with other settings (epochs: 2 -> 3)"
+    first = run_study(STUDY, output=out, runs_dir=runs, **toy)
     assert all(len(first["rows"][r.key]["runs"]) == 2 for r in study.rows)
     assert set(first["teachers"]) == {"teacher-cnn", "none", "teacher-cnn-matched"}
     matched = first["teachers"]["teacher-cnn-matched"]

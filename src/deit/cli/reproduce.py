@@ -13,7 +13,26 @@ def register(sub) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--rows", type=_names, default=None,
+                   help="train only these rows, comma-separated (e.g. none,token; a teacher row's name trains it); "
+                        "the others' recorded results stay in the tables")
+    p.add_argument("--seeds", type=_seeds, default=None, help="train only these seeds, comma-separated (e.g. 0)")
+    p.add_argument("--plan", action="store_true",
+                   help="train nothing: list every run and what this command would do with it")
     p.set_defaults(func=run)
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _seeds(text: str) -> list[int]:
+    import argparse
+
+    try:
+        return [int(seed) for seed in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes integers separated by commas (e.g. 0,1), not {text!r}")
 
 
 def run(args) -> int:
@@ -21,6 +40,8 @@ def run(args) -> int:
 
     execution = {k: getattr(args, k) for k in ("data_dir", "device", "precision", "threads", "progress")
                  if getattr(args, k) is not None}
-    results = run_study(args.preset, args.output, args.runs_dir, **execution)
-    print(results["table"])
+    results = run_study(args.preset, args.output, args.runs_dir, rows=args.rows, seeds=args.seeds, plan=args.plan,
+                        **execution)
+    if not args.plan:
+        print(results["table"])
     return 0

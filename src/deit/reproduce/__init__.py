@@ -3,12 +3,12 @@ small scale. studies: what each study trains; runner: training its runs (resumab
 records in results/<preset>/results.json); tables: its README, targets and plot."""
 
 from .records import decode_predictions, encode_predictions, fingerprint
-from .runner import (StudyRun, closest_checkpoint, matched_teacher, predict_run, row_config, run_study, teacher_key,
-                     token_cosine_of_run, train_command)
+from .runner import (StudyRun, closest_checkpoint, matched_teacher, predict_run, row_config, run_study,
+                     selected_runs, teacher_key, token_cosine_of_run, train_command)
 from .studies import STUDIES, Row, Study, data_efficiency_study, small_canvas_study
 from .tables import disagreement_table, plot_study, render_tables, target_lines
 
 __all__ = ["STUDIES", "Row", "Study", "StudyRun", "closest_checkpoint", "data_efficiency_study", "decode_predictions",
            "disagreement_table", "encode_predictions", "fingerprint", "matched_teacher", "plot_study", "predict_run",
-           "render_tables", "row_config", "run_study", "small_canvas_study", "target_lines", "teacher_key",
+           "render_tables", "row_config", "run_study", "selected_runs", "small_canvas_study", "target_lines", "teacher_key",
            "token_cosine_of_run", "train_command"]

@@ -24,6 +24,13 @@ def fingerprint(options: dict[str, Any], row_teacher: str | None, teacher_checkp
                        "options": settings}, sort_keys=True, default=str)
 
 
+def settings_difference(before: str, now: str) -> str:
+    """The settings two fingerprints disagree on, as "name: before -> now" (for a user deciding whether to rerun)."""
+    flat = lambda f: (lambda d: {**{k: v for k, v in d.items() if k != "options"}, **d["options"]})(json.loads(f))
+    a, b = flat(before), flat(now)
+    return ", ".join(f"{k}: {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+
+
 def encode_predictions(pred: dict[str, torch.Tensor]) -> dict[str, str]:
     """The predicted class of every image per head ("logits", "cls", "dist"), compressed for JSON."""
     return {head: base64.b64encode(zlib.compress(value.argmax(1).to(torch.int16).numpy().tobytes(), 9)).decode()

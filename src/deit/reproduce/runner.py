@@ -11,7 +11,7 @@ from typing import Any
 
 from ..config import TrainConfig, preset_config
 from ..fileio import atomic_write
-from .records import encode_predictions, fingerprint, previous_records
+from .records import encode_predictions, fingerprint, previous_records, settings_difference
 from .studies import STUDIES, Row, Study, teacher_key
 from .tables import plot_study, render_tables
 
@@ -127,28 +127,59 @@ class StudyRun:
         self.results: dict[str, Any] = {"teachers": {}, "rows": {}, "records": self.records}
         self.rows = {r.key: r for r in study.teachers + study.rows}
 
+    def settings(self, row: Row, seed: int) -> str:
+        return fingerprint({**row_options(self.study, row), **self.execution}, row.teacher, row.teacher_checkpoint,
+                           row.preset, seed)
+
+    def reusable(self, row: Row, seed: int, need_weights: bool = False) -> dict[str, Any] | None:
+        """The record results.json holds of this run with its current settings (None if there is none, or if its
+        weights are needed and not in runs_dir)."""
+        name = f"{row.key}-s{seed}"
+        if need_weights and not (self.runs_dir / name / "metrics.json").exists():
+            return None
+        record = self.records.get(name) or self.recorded.get(name)
+        return record if record is not None and record["fingerprint"] == self.settings(row, seed) else None
+
     def run(self, row: Row, seed: int, need_weights: bool = False) -> dict[str, Any]:
         """The record of a row's run: reused from results.json (unless its weights are needed and gone), else
         trained, resumed or reused from runs_dir."""
         name = f"{row.key}-s{seed}"
-        finished = (self.runs_dir / name / "metrics.json").exists()
-        if name in self.records and (finished or not need_weights):
-            return self.records[name]
-        settings = fingerprint({**row_options(self.study, row), **self.execution}, row.teacher,
-                               row.teacher_checkpoint, row.preset, seed)
-        record = self.recorded.get(name)
-        if record is not None and record["fingerprint"] == settings and (finished or not need_weights):
+        record = self.reusable(row, seed, need_weights)
+        if record is not None and name in self.records:
+            return record
+        if record is not None:
             print(f"reusing the recorded run {name} ({self.output / 'results.json'})", flush=True)
             if row.teacher is not None:  # its teacher's record too (its command, its predictions for Table 4)
                 self.run(self.rows[row.teacher], 0)
         else:
-            if record is not None and record["fingerprint"] == settings:
+            if self.reusable(row, seed) is not None:
                 print(f"{name} is recorded but its weights are not in {self.runs_dir}: training it again", flush=True)
-            record = self.train(row, seed, settings)
+            record = self.train(row, seed, self.settings(row, seed))
             self.records[name] = record
             self.write_outputs()  # recorded at once: a session may end before the students of a teacher finish
         self.records[name] = record
         return record
+
+    def status(self, row: Row, seed: int) -> str:
+        """What `run` would do with this run, in words (for --plan)."""
+        from ..engine.run_dir import read_log
+
+        record, run_dir = self.reusable(row, seed), self.runs_dir / f"{row.key}-s{seed}"
+        if record is not None:
+            gone = "" if (run_dir / "metrics.json").exists() else " (weights not in runs/: trained again if a " \
+                "student still needs them)"
+            return f"recorded: top-1 {record['metrics']['top1']:.2f} %{gone}"
+        earlier = self.recorded.get(f"{row.key}-s{seed}")
+        if earlier is not None:
+            changed = settings_difference(earlier["fingerprint"], self.settings(row, seed))
+            return f"to train: recorded with other settings ({changed})"
+        if (run_dir / "metrics.json").exists():
+            return "finished in runs/: recorded without training"
+        done = [r["epoch"] for r in read_log(run_dir) if "epoch" in r]
+        if done and (run_dir / "state.pt").exists():
+            epochs = json.loads((run_dir / "config.json").read_text())["train"]["epochs"]
+            return f"to train: resumes after epoch {max(done)} of {epochs}"
+        return "to train"
 
     def train(self, row: Row, seed: int, settings: str) -> dict[str, Any]:
         from ..engine import fit_or_reuse
@@ -192,26 +223,62 @@ class StudyRun:
 
     def write_outputs(self) -> None:
         self.results["table"] = render_tables(self.study, self.results)
+        # records of earlier calls that this one did not reach (e.g. rows left out by --rows) are kept as they were
+        kept = {**self.recorded, **self.records}
         texts = {"commands.txt": "\n".join(r["command"] for r in self.records.values()) + "\n",
-                 "results.json": json.dumps(self.results, indent=1, default=str), "README.md": self.results["table"]}
+                 "results.json": json.dumps({**self.results, "records": kept}, indent=1, default=str),
+                 "README.md": self.results["table"]}
         for name, text in texts.items():  # results.json holds the records: never leave it half written
             atomic_write(self.output / name, lambda tmp, text=text: tmp.write_text(text))
         if self.results["rows"]:  # a plot of students (a teacher alone may be recorded first)
             plot_study(self.study, self.results, self.output / "plot.png")
 
 
+def selected_runs(study: Study, rows: list[str] | None = None, seeds: list[int] | None = None) -> set[tuple[str, int]]:
+    """The (row, seed) pairs named by --rows / --seeds (every one of the study's when not given); a teacher row
+    names its one (seed-0) run. Names that are not the study's: one line saying which are."""
+    teachers, students = [t.key for t in study.teachers], [r.key for r in study.rows]
+    unknown = [key for key in rows or () if key not in teachers + students]
+    if unknown:
+        raise ValueError(f"{study.name} has no row {', '.join(map(repr, unknown))}; its rows: "
+                         f"{', '.join(students + teachers)}")
+    wrong = [seed for seed in seeds or () if seed not in study.seeds]
+    if wrong:
+        raise ValueError(f"{study.name} runs seeds {', '.join(map(str, study.seeds))}; not {', '.join(map(str, wrong))}")
+    keys, chosen = rows or students, seeds or list(study.seeds)
+    return {(key, 0 if key in teachers else seed) for key in keys for seed in chosen}
+
+
 def run_study(name: str, output: str | Path | None = None, runs_dir: str | Path | None = None,
+              rows: list[str] | None = None, seeds: list[int] | None = None, plan: bool = False,
               **execution: Any) -> dict[str, Any]:
     """Train every row of a study in its schedule's order (reusing recorded and finished runs), writing its
-    tables, plot, commands and records to `output` after every student run."""
+    tables, plot, commands and records to `output` after every student run. rows / seeds: train only these (the
+    recorded results of the others stay in the tables); a row's teacher is trained when it needs one.
+    plan=True: train nothing, print what each run would do and return {"plan": [(run, status), ...]}."""
     if name not in STUDIES:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(STUDIES)}")
     study = STUDIES[name]
+    chosen = selected_runs(study, rows, seeds)
     output = Path(output or Path("results") / name)
     runs_dir = Path(runs_dir or Path("runs") / "reproduce" / name)
-    output.mkdir(parents=True, exist_ok=True)
     state = StudyRun(study, output, runs_dir, execution)
-    for row, seed in study.schedule():
-        state.student(row, seed)
-        state.write_outputs()
+    order = [(t, 0) for t in study.teachers] + study.schedule()
+    if plan:
+        needed = {state.rows[key].teacher for key, _ in chosen} | {key for key, _ in chosen}  # and their teachers
+        lines = [(f"{row.key}-s{seed}", state.status(row, seed)) for row, seed in order
+                 if (row.key, seed) in chosen or (row in study.teachers and row.key in needed)]
+        width = max(len(run) for run, _ in lines)
+        print("\n".join(f"{run:<{width}}  {status}" for run, status in lines))
+        print(f"{sum(s.startswith('to train') for _, s in lines)} of {len(lines)} runs to train "
+              "(teachers are trained first when a student needs their weights)")
+        return {"plan": lines}
+    output.mkdir(parents=True, exist_ok=True)
+    for row, seed in order:
+        if row in study.teachers:
+            if (row.key, seed) in chosen:  # a teacher named by --rows: trained (or found) now
+                state.run(row, seed, need_weights=True)
+        elif (row.key, seed) in chosen or state.reusable(row, seed) is not None:
+            state.student(row, seed)
+            state.write_outputs()
     return state.results
