@@ -17,17 +17,8 @@ from timm.layers import resample_abs_pos_embed
 
 from deit import create_model
 from deit.models import model_config
-from deit.checkpoint import (
-    LoadResult,
-    convert_checkpoint,
-    deit_to_hf,
-    hf_config,
-    hf_to_deit,
-    load_checkpoint,
-    load_state_dict,
-    resample_pos_embed,
-    save_model,
-)
+from deit.checkpoint import LoadResult, convert_checkpoint, load_checkpoint, load_state_dict, resample_pos_embed, save_model
+from deit.hf_layout import deit_to_hf, hf_config, hf_to_deit
 from deit.cli import main as cli_main
 
 from conftest import perturb_

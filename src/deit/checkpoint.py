@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from .fileio import atomic_write, write_json
+from .hf_layout import deit_to_hf, hf_config, hf_to_deit, is_hf, vit_config_from_hf
 from .models import (
     ViTConfig,
     VisionTransformer,
@@ -200,10 +201,6 @@ def _strip_wrapper_prefixes(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     return state_dict
 
 
-def _is_hf(state_dict: dict) -> bool:
-    return any(k.startswith(("deit.embeddings.", "vit.embeddings.")) for k in state_dict)
-
-
 def _read_json(file: Path) -> dict:
     try:
         data = json.loads(file.read_text())
@@ -230,170 +227,9 @@ def load_state_dict(path) -> tuple[dict[str, Tensor], str]:
     """Read any supported checkpoint; returns (state dict in our key layout, format in FORMATS)."""
     state_dict, fmt = _read_weights_file(_weights_file(Path(path)))
     state_dict = _strip_wrapper_prefixes(state_dict)
-    if _is_hf(state_dict):
+    if is_hf(state_dict):
         return hf_to_deit(state_dict), "hf"
     return state_dict, fmt or "timm"
-
-
-# ------------------------------------------------------------------------------------- Hugging Face layout
-
-# Per-layer names: HF v4 checkpoint spelling and the transformers-5 in-memory spelling -> ours.
-_HF_LAYER = {
-    "layernorm_before": "norm1",
-    "layernorm_after": "norm2",
-    "attention.output.dense": "attn.proj",
-    "attention.o_proj": "attn.proj",
-    "intermediate.dense": "mlp.fc1",
-    "mlp.fc1": "mlp.fc1",
-    "output.dense": "mlp.fc2",
-    "mlp.fc2": "mlp.fc2",
-}
-_HF_QKV = {  # -> row block of our merged qkv
-    "attention.attention.query": 0, "attention.attention.key": 1, "attention.attention.value": 2,
-    "attention.q_proj": 0, "attention.k_proj": 1, "attention.v_proj": 2,
-}
-_HF_TOP = {  # after the "deit." / "vit." prefix
-    "embeddings.cls_token": "cls_token",
-    "embeddings.distillation_token": "dist_token",
-    "embeddings.position_embeddings": "pos_embed",
-    "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
-    "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
-    "layernorm.weight": "norm.weight",
-    "layernorm.bias": "norm.bias",
-}
-_HF_HEADS = {"cls_classifier": "head", "distillation_classifier": "head_dist", "classifier": "head"}
-_HF_LAYER_KEY = re.compile(r"(?:deit|vit)\.(?:encoder\.layer|layers)\.(\d+)\.(.+)\.(weight|bias)")
-_OUR_LAYER_KEY = re.compile(r"blocks\.(\d+)\.(.+)\.(weight|bias)")
-_OUR_LAYER_TO_HF = {  # -> HF v4 spelling, the one checkpoints on the Hub use
-    "norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.output.dense",
-    "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense",
-}
-
-
-def hf_to_deit(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """HF DeiT/ViT keys (v4 or transformers-5 spelling) -> ours. Keys without an equivalent (pooler, mask
-    token) are kept as they are, so that loading reports them."""
-    out: dict[str, Tensor] = {}
-    qkv: dict[tuple[str, str], list] = {}
-    for key, tensor in state_dict.items():
-        layer = _HF_LAYER_KEY.fullmatch(key)
-        module, _, kind = key.rpartition(".")
-        if layer:
-            i, part, kind = layer.groups()
-            if part in _HF_QKV:
-                qkv.setdefault((i, kind), [None] * 3)[_HF_QKV[part]] = tensor
-                continue
-            if part in _HF_LAYER:
-                out[f"blocks.{i}.{_HF_LAYER[part]}.{kind}"] = tensor
-                continue
-        elif key.startswith(("deit.", "vit.")) and key.split(".", 1)[1] in _HF_TOP:
-            out[_HF_TOP[key.split(".", 1)[1]]] = tensor
-            continue
-        elif module in _HF_HEADS:
-            out[f"{_HF_HEADS[module]}.{kind}"] = tensor
-            continue
-        out[key] = tensor
-    for (i, kind), parts in qkv.items():
-        if any(p is None for p in parts):
-            raise ValueError(f"Hugging Face checkpoint layer {i} lacks one of query/key/value {kind}")
-        out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat(parts)
-    if "dist_token" in out and "head.weight" in out and "head_dist.weight" not in out:
-        # DeiTForImageClassification: a distillation token but only the class-token classifier. The copy
-        # makes a complete distilled model; with combine="cls" its output equals HF's.
-        out["head_dist.weight"] = out["head.weight"].clone()
-        if "head.bias" in out:
-            out["head_dist.bias"] = out["head.bias"].clone()
-    return out
-
-
-def deit_to_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Ours -> HF v4 checkpoint layout: DeiTForImageClassificationWithTeacher ("deit." prefix) for a distilled
-    model, ViTForImageClassification ("vit.") otherwise, as the official non-distilled models are published."""
-    distilled = "dist_token" in state_dict
-    prefix = "deit" if distilled else "vit"
-    heads = {"head": "cls_classifier", "head_dist": "distillation_classifier"} if distilled else {"head": "classifier"}
-    top = {ours: f"{prefix}.{hf}" for hf, ours in _HF_TOP.items()}
-    out: dict[str, Tensor] = {}
-    for key, tensor in state_dict.items():
-        layer = _OUR_LAYER_KEY.fullmatch(key)
-        module, _, kind = key.rpartition(".")
-        if layer:
-            i, part, kind = layer.groups()
-            hf_layer = f"{prefix}.encoder.layer.{i}."
-            if part == "attn.qkv":
-                for name, chunk in zip(("query", "key", "value"), tensor.chunk(3)):
-                    out[f"{hf_layer}attention.attention.{name}.{kind}"] = chunk.clone()  # no shared storage
-                continue
-            if part in _OUR_LAYER_TO_HF:
-                out[f"{hf_layer}{_OUR_LAYER_TO_HF[part]}.{kind}"] = tensor
-                continue
-        elif key in top:
-            out[top[key]] = tensor
-            continue
-        elif module in heads:
-            out[f"{heads[module]}.{kind}"] = tensor
-            continue
-        raise ValueError(f"{key} has no Hugging Face DeiT equivalent")
-    return out
-
-
-def hf_config(model_config: ViTConfig) -> dict:
-    """config.json of the HF model deit_to_hf's weights fit (layer_norm_eps 1e-6, as the models were trained)."""
-    c = model_config
-    num_classes = c.num_classes
-    h, w = c.img_size
-    config = {
-        "architectures": ["DeiTForImageClassificationWithTeacher" if c.distilled else "ViTForImageClassification"],
-        "model_type": "deit" if c.distilled else "vit",
-        "hidden_size": c.embed_dim,
-        "num_hidden_layers": c.depth,
-        "num_attention_heads": c.num_heads,
-        "intermediate_size": int(c.embed_dim * c.mlp_ratio),
-        "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.0,
-        "attention_probs_dropout_prob": 0.0,
-        "initializer_range": 0.02,
-        "layer_norm_eps": 1e-6,
-        "image_size": h if h == w else [h, w],
-        "patch_size": c.patch_size,
-        "num_channels": c.in_chans,
-        "qkv_bias": c.qkv_bias,
-        "encoder_stride": c.patch_size,
-        "id2label": {str(i): f"LABEL_{i}" for i in range(num_classes)},
-        "label2id": {f"LABEL_{i}": i for i in range(num_classes)},
-    }
-    return config
-
-
-def vit_config_from_hf(hf: dict) -> ViTConfig:
-    """Our config for an HF DeiT/ViT config.json (the inverse of hf_config)."""
-    model_type = hf.get("model_type")
-    if model_type not in ("deit", "vit"):
-        raise ValueError(f"Hugging Face model_type {model_type!r} is not a DeiT/ViT; expected 'deit' or 'vit'")
-    if hf.get("hidden_act", "gelu") != "gelu":
-        raise ValueError(f"Hugging Face hidden_act {hf['hidden_act']!r} is not supported (only 'gelu')")
-    if hf.get("layer_norm_eps", 1e-12) != 1e-6:
-        log.info("HF config has layer_norm_eps %s; this model uses 1e-6 as DeiT was trained (logits differ by ~1e-4)",
-                 hf.get("layer_norm_eps", 1e-12))
-    patch = to_2tuple(hf.get("patch_size", 16))
-    if patch[0] != patch[1]:
-        raise ValueError(f"non-square patches {patch} are not supported")
-    architecture = (hf.get("architectures") or [""])[0]
-    hidden = hf.get("hidden_size", 768)
-    return ViTConfig(
-        img_size=to_2tuple(hf.get("image_size", 224)),
-        patch_size=patch[0],
-        in_chans=hf.get("num_channels", 3),
-        num_classes=len(hf["id2label"]) if "id2label" in hf else hf.get("num_labels", 2),
-        embed_dim=hidden,
-        depth=hf.get("num_hidden_layers", 12),
-        num_heads=hf.get("num_attention_heads", 12),
-        mlp_ratio=hf.get("intermediate_size", 4 * hidden) / hidden,
-        qkv_bias=hf.get("qkv_bias", True),
-        distilled=model_type == "deit",
-        # DeiTForImageClassification predicts from the class token alone (see hf_to_deit).
-        combine="cls" if architecture == "DeiTForImageClassification" else "mean_logits",
-    )
 
 
 # ------------------------------------------------------------------------------------------ architecture

@@ -24,7 +24,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import CONFIG_NAME, _read_json, is_run_dir, load_state_dict, vit_config_from_hf
+from .checkpoint import CONFIG_NAME, _read_json, is_run_dir, load_state_dict
+from .hf_layout import vit_config_from_hf
 from .models import ViTConfig, VisionTransformer, list_models, model_config, model_family
 
 HEADS = ("head", "head_dist")
