@@ -17,7 +17,7 @@ from deit.data.canvas import canvas_positions, place_on_canvas
 from deit.data.subsets import stratified_subset
 from deit.engine import fit
 from deit.engine.trainer import epoch_checkpoint
-from deit.reproduce import (STUDIES, closest_checkpoint, matched_teacher, render_tables, row_config, run_study,
+from deit.reproduce import (STUDIES, StudyRun, closest_checkpoint, matched_teacher, render_tables, row_config, run_study,
                             selected_runs, train_command)
 from deit.teacher import load_teacher
 
@@ -127,6 +127,24 @@ def test_rows_and_seeds_name_runs_of_the_study_or_say_which_exist():
         selected_runs(study, ["tokn"])
     with pytest.raises(ValueError, match="runs seeds 0, 1; not 2"):
         selected_runs(study, None, [2])
+
+
+def test_a_call_keeps_the_records_it_has_not_reached_yet(tmp_path):
+    """A study restarted on a new machine writes results.json after its first student: the teacher's record (reached
+    only when a distilled student trains) and every other earlier record must still be in it."""
+    study = STUDIES[STUDY]
+    rows = {r.key: r for r in study.teachers + study.rows}
+    blank = StudyRun(study, tmp_path, tmp_path / "runs", {})
+    records = {name: {"fingerprint": blank.settings(rows[key], seed), "command": f"deit train {name}",
+                      "metrics": {"top1": top1}, "teacher": None}
+               for name, key, seed, top1 in (("none-s0", "none", 0, 70.0), ("teacher-cnn-s0", "teacher-cnn", 0, 88.0),
+                                             ("soft-s1", "soft", 1, 71.0))}
+    (tmp_path / "results.json").write_text(json.dumps({"records": records}))
+    state = StudyRun(study, tmp_path, tmp_path / "runs", {})
+    state.student(rows["none"], 0)  # reused: nothing trains
+    state.write_outputs()
+    assert json.loads((tmp_path / "results.json").read_text())["records"] == records
+    assert (tmp_path / "commands.txt").read_text() == "deit train none-s0\n"
 
 
 def test_small_canvas_study_end_to_end_at_toy_scale(tmp_path, fmnist_dir, capsys, small_val):
