@@ -23,12 +23,13 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .models import create_model, model_family
 from .engine.optim import make_optimizer_fast
-from .engine.precision import precision_dtype
+from .engine.precision import autocast, precision_dtype
+from .losses import DistillationLoss
+from .models import create_model, model_family
+from .models.vit import DeiTOutput
 from .speed import prepare_model_for_inference, quantize_for_inference
 
 MODES = ("infer", "train")
@@ -286,18 +287,13 @@ def _inputs(model: nn.Module, cfg: BenchConfig, device: torch.device, gen: torch
 
 
 def _autocast(device: torch.device, dtype: torch.dtype):
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+    return autocast(device, None if dtype == torch.float32 else dtype)
 
 
 def _loss(cls_logits, dist_logits, y, teacher_logits):
-    """Hard distillation (DeiT's best) for a distilled model; cross-entropy otherwise."""
-    loss = F.cross_entropy(cls_logits.float(), y)
-    if dist_logits is None:
-        return loss
-    target = y if teacher_logits is None else teacher_logits.argmax(-1)
-    return (loss + F.cross_entropy(dist_logits.float(), target)) / 2
+    """The training loss: hard distillation (DeiT's best, alpha 0.5) with a teacher, else the label for every head."""
+    criterion = DistillationLoss(nn.CrossEntropyLoss(), "none" if teacher_logits is None else "hard", alpha=0.5)
+    return criterion(DeiTOutput(cls_logits, cls_logits, dist_logits), y, teacher_logits).total
 
 
 def _eval_forward(model: nn.Module, x):
