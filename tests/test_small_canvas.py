@@ -147,6 +147,34 @@ def test_a_call_keeps_the_records_it_has_not_reached_yet(tmp_path):
     assert (tmp_path / "commands.txt").read_text() == "deit train none-s0\n"
 
 
+def test_merge_takes_the_runs_recorded_elsewhere_that_this_study_lacks(tmp_path, capsys):
+    study = STUDIES[STUDY]
+    rows = {r.key: r for r in study.teachers + study.rows}
+    blank = StudyRun(study, tmp_path, tmp_path / "runs", {})
+
+    def record(key, seed, top1, current=True):
+        settings = blank.settings(rows[key], seed) if current else "other settings"
+        return {"fingerprint": settings, "command": f"deit train {key}-s{seed}", "metrics": {"top1": top1},
+                "teacher": None}
+
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    for folder, records in ((ours, {"none-s0": record("none", 0, 70.0), "none-s1": record("none", 1, 60.0, current=False)}),
+                            (theirs, {"none-s0": record("none", 0, 99.0), "none-s1": record("none", 1, 71.0),
+                                      "token-s0": record("token", 0, 75.0), "bogus-s0": record("none", 0, 1.0)})):
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps({"records": records}))
+    plan = dict(run_study(STUDY, output=ours, runs_dir=tmp_path / "runs", plan=True, merge=[theirs])["plan"])
+    assert "merged from" in capsys.readouterr().out
+    # ours wins where both match the current settings; theirs where only theirs does; unknown runs are left out
+    assert plan["none-s0"] == "recorded: top-1 70.00 % (weights not in runs/: trained again if a student still needs them)"
+    assert plan["none-s1"].startswith("recorded: top-1 71.00 %") and plan["token-s0"].startswith("recorded: top-1 75.00")
+    state = StudyRun(study, ours, tmp_path / "runs", {})
+    assert state.merge(theirs / "results.json") == ["none-s1", "token-s0"]
+    (tmp_path / "other.json").write_text(json.dumps({"rows": {}}))
+    with pytest.raises(ValueError, match="other.json is not the results.json of a deit reproduce study"):
+        state.merge(tmp_path / "other.json")
+
+
 def test_small_canvas_study_end_to_end_at_toy_scale(tmp_path, fmnist_dir, capsys, small_val):
     """Every row trained (200 images, 2 epochs), the teacher of matched accuracy picked from the convnet's kept
     checkpoints, Tables 2-4, the token cosine and the targets written; a second call trains nothing."""

@@ -17,6 +17,9 @@ def register(sub) -> None:
                    help="train only these rows, comma-separated (e.g. none,token; a teacher row's name trains it); "
                         "the others' recorded results stay in the tables")
     p.add_argument("--seeds", type=_seeds, default=None, help="train only these seeds, comma-separated (e.g. 0)")
+    p.add_argument("--merge", action="append", default=[], metavar="RESULTS",
+                   help="take in the recorded runs of another results.json of this study (or the folder holding it), "
+                        "e.g. rows trained on another machine; repeatable")
     p.add_argument("--plan", action="store_true",
                    help="train nothing: list every run and what this command would do with it")
     p.set_defaults(func=run)
@@ -41,7 +44,7 @@ def run(args) -> int:
     execution = {k: getattr(args, k) for k in ("data_dir", "device", "precision", "threads", "progress")
                  if getattr(args, k) is not None}
     results = run_study(args.preset, args.output, args.runs_dir, rows=args.rows, seeds=args.seeds, plan=args.plan,
-                        **execution)
+                        merge=args.merge, **execution)
     if not args.plan:
         print(results["table"])
     return 0

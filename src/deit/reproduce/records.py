@@ -50,3 +50,20 @@ def previous_records(output: Path) -> dict[str, dict[str, Any]]:
     if not path.exists():
         return {}
     return json.loads(path.read_text()).get("records", {})
+
+
+def records_of(source: str | Path) -> dict[str, dict[str, Any]]:
+    """The records of another call's results.json (a file, or the directory holding it), e.g. of the same study
+    run in part on another machine; one line if it is not one."""
+    path = Path(source)
+    path = path / "results.json" if path.is_dir() else path
+    if not path.is_file():
+        raise ValueError(f"--merge {source}: no results.json there")
+    try:
+        records = json.loads(path.read_text()).get("records")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        records = None
+    if not isinstance(records, dict) or not all(isinstance(r, dict) and "fingerprint" in r and "metrics" in r
+                                                 for r in records.values()):
+        raise ValueError(f"--merge {source}: {path} is not the results.json of a deit reproduce study")
+    return records

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..config import TrainConfig, preset_config
 from ..fileio import atomic_write
-from .records import encode_predictions, fingerprint, previous_records, settings_difference
+from .records import encode_predictions, fingerprint, previous_records, records_of, settings_difference
 from .studies import STUDIES, Row, Study, teacher_key
 from .tables import plot_study, render_tables
 
@@ -130,6 +130,21 @@ class StudyRun:
     def settings(self, row: Row, seed: int) -> str:
         return fingerprint({**row_options(self.study, row), **self.execution}, row.teacher, row.teacher_checkpoint,
                            row.preset, seed)
+
+    def merge(self, source: str | Path) -> list[str]:
+        """Take the records of another results.json of this study that this one lacks, or holds only with other
+        settings than the current ones while theirs match them. Returns the names taken."""
+        taken = []
+        for name, record in records_of(source).items():
+            key, _, seed = name.rpartition("-s")
+            if key not in self.rows or not seed.isdigit():
+                continue  # not a run of this study
+            current = self.settings(self.rows[key], int(seed))
+            mine = self.recorded.get(name)
+            if mine is None or (mine["fingerprint"] != current and record["fingerprint"] == current):
+                self.recorded[name] = record
+                taken.append(name)
+        return taken
 
     def reusable(self, row: Row, seed: int, need_weights: bool = False) -> dict[str, Any] | None:
         """The record results.json holds of this run with its current settings (None if there is none, or if its
@@ -251,11 +266,12 @@ def selected_runs(study: Study, rows: list[str] | None = None, seeds: list[int] 
 
 def run_study(name: str, output: str | Path | None = None, runs_dir: str | Path | None = None,
               rows: list[str] | None = None, seeds: list[int] | None = None, plan: bool = False,
-              **execution: Any) -> dict[str, Any]:
+              merge: list[str | Path] = (), **execution: Any) -> dict[str, Any]:
     """Train every row of a study in its schedule's order (reusing recorded and finished runs), writing its
     tables, plot, commands and records to `output` after every student run. rows / seeds: train only these (the
     recorded results of the others stay in the tables); a row's teacher is trained when it needs one.
-    plan=True: train nothing, print what each run would do and return {"plan": [(run, status), ...]}."""
+    plan=True: train nothing, print what each run would do and return {"plan": [(run, status), ...]}. merge: other
+    results.json files of this study (run elsewhere) whose records are taken in first (StudyRun.merge)."""
     if name not in STUDIES:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(STUDIES)}")
     study = STUDIES[name]
@@ -263,6 +279,9 @@ def run_study(name: str, output: str | Path | None = None, runs_dir: str | Path 
     output = Path(output or Path("results") / name)
     runs_dir = Path(runs_dir or Path("runs") / "reproduce" / name)
     state = StudyRun(study, output, runs_dir, execution)
+    for source in merge:
+        taken = state.merge(source)
+        print(f"merged from {source}: {', '.join(taken) if taken else 'nothing new'}", flush=True)
     order = [(t, 0) for t in study.teachers] + study.schedule()
     if plan:
         needed = {state.rows[key].teacher for key, _ in chosen} | {key for key, _ in chosen}  # and their teachers
