@@ -18,7 +18,7 @@ from deit.data.subsets import stratified_subset
 from deit.engine import fit
 from deit.engine.trainer import epoch_checkpoint
 from deit.reproduce import (STUDIES, StudyRun, closest_checkpoint, matched_teacher, render_tables, row_config, run_study,
-                            selected_runs, train_command)
+                            selected_runs, target_lines, train_command)
 from deit.teacher import load_teacher
 
 STUDY = "fmnist-small-canvas"
@@ -117,6 +117,16 @@ def test_partial_results_render(tmp_path):
     table = render_tables(study, results)
     assert "Partial: 1 of 12" in table and "| no distillation | 70.00 |" in table
     assert "## Targets" not in table  # nothing to compare yet
+
+
+def test_the_token_target_waits_for_two_seeds_of_both_rows():
+    runs = lambda *top1: {"label": "x", "seeds": list(range(len(top1))), "runs": [{"top1": t} for t in top1]}
+    one = target_lines({"teachers": {}, "rows": {"none": runs(70.0), "token": runs(72.0)}})
+    assert "| +2.00 (one seed: no std yet) | not yet decidable |" in one[-1]
+    clear = target_lines({"teachers": {}, "rows": {"none": runs(70.0, 70.2), "token": runs(72.0, 73.0)}})
+    assert clear[-1].endswith("| +2.40 (2 × std 1.41) | yes |")  # the larger std: stdev(72, 73) = 0.707
+    noisy = target_lines({"teachers": {}, "rows": {"none": runs(70.0, 72.0), "token": runs(72.0, 73.5)}})
+    assert noisy[-1].endswith("| +1.75 (2 × std 2.83) | no |")  # stdev(70, 72) = 1.414
 
 
 def test_rows_and_seeds_name_runs_of_the_study_or_say_which_exist():
