@@ -139,6 +139,16 @@ def test_rows_and_seeds_name_runs_of_the_study_or_say_which_exist():
         selected_runs(study, None, [2])
 
 
+def test_reproduce_flags_parse_into_lists_or_say_what_they_take(capsys):
+    parser = build_parser()
+    args = parser.parse_args(["reproduce", "--preset", STUDY, "--rows", "none, token", "--seeds", "0,1", "--plan",
+                              "--merge", "a/results.json", "--merge", "b"])
+    assert (args.rows, args.seeds, args.plan, args.merge) == (["none", "token"], [0, 1], True, ["a/results.json", "b"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["reproduce", "--preset", STUDY, "--seeds", "1,x"])
+    assert "--seeds takes integers separated by commas (e.g. 0,1), not '1,x'" in capsys.readouterr().err
+
+
 def test_a_call_keeps_the_records_it_has_not_reached_yet(tmp_path):
     """A study restarted on a new machine writes results.json after its first student: the teacher's record (reached
     only when a distilled student trains) and every other earlier record must still be in it."""
@@ -192,8 +202,13 @@ def test_small_canvas_study_end_to_end_at_toy_scale(tmp_path, fmnist_dir, capsys
                progress=False, threads=2, precision="fp32")
     out, runs = tmp_path / "results", tmp_path / "runs"
     study = STUDIES[STUDY]
-    # --rows none,token --seeds 0: those two and the teacher token needs; --plan then says what the rest would do
+    # --rows teacher-cnn: the teacher alone; --rows none,token --seeds 0: those two (the teacher found, not retrained);
+    # --plan then says what the rest would do
+    run_study(STUDY, output=out, runs_dir=runs, rows=["teacher-cnn"], **toy)
+    assert [p.name for p in runs.iterdir()] == ["teacher-cnn-s0"]
+    teacher_weights = (runs / "teacher-cnn-s0" / "model.safetensors").read_bytes()
     part = run_study(STUDY, output=out, runs_dir=runs, rows=["none", "token"], seeds=[0], **toy)
+    assert (runs / "teacher-cnn-s0" / "model.safetensors").read_bytes() == teacher_weights
     assert sorted(p.name for p in runs.iterdir()) == ["none-s0", "teacher-cnn-s0", "token-s0"]
     assert {k: len(v["runs"]) for k, v in part["rows"].items()} == {"none": 1, "token": 1}
     capsys.readouterr()
