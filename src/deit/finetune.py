@@ -158,20 +158,73 @@ def adapt_patch_weight(weight: Tensor, in_chans: int) -> Tensor:
     return adapt_input_conv(in_chans, weight, base_chans=weight.shape[1])
 
 
+def _adapt_pos_embed(pos: Tensor, src_prefix: int, fresh_pos: Tensor, c, path, change) -> Tensor:
+    """The source's pos_embed for the student (config `c`, initial pos_embed `fresh_pos`): the grid resampled, the
+    prefix rows matched to its tokens."""
+    from .checkpoint import resample_pos_embed
+
+    rows = pos.shape[1] - src_prefix
+    side = math.isqrt(rows)
+    if side * side != rows:
+        raise ValueError(f"--finetune {path}: pos_embed has {rows} patch rows, not a square grid")
+    grid = pos[:, src_prefix:]
+    if (side, side) != c.grid_size:
+        grid = resample_pos_embed(grid, c.grid_size, 0, (side, side), antialias=True)
+        change("pos_embed", "resampled", f"{side}x{side} -> {c.grid_size[0]}x{c.grid_size[1]} patch grid (bicubic)")
+    prefix = [pos[:, :1]]
+    if c.distilled:
+        prefix.append(pos[:, 1:2] if src_prefix == 2 else fresh_pos[:, 1:2])
+    return torch.cat(prefix + [grid], dim=1)
+
+
+def _adapt_heads(src: dict[str, Tensor], fresh: dict[str, Tensor], num_classes: int, other_classes: bool,
+                 change) -> dict[str, Tensor]:
+    """The heads kept from the source: only those of the same classes (the others keep their fresh init)."""
+    out = {}
+    for head in HEADS:
+        key = f"{head}.weight"
+        if key not in fresh:
+            if key in src:
+                change(head, "dropped", "the student has no distillation head")
+            continue
+        if key not in src:
+            change(head, "re-initialised", "the source has no such head")
+        elif src[key].shape != fresh[key].shape:
+            change(head, "re-initialised", f"{src[key].shape[0]} -> {num_classes} classes")
+        elif other_classes:
+            change(head, "re-initialised", f"{num_classes} classes, but not the source's")
+        else:
+            out[key] = src[key]
+            if f"{head}.bias" in src:
+                out[f"{head}.bias"] = src[f"{head}.bias"]
+    return out
+
+
+def _backbone(src: dict[str, Tensor], fresh: dict[str, Tensor], handled: set[str], path, change) -> dict[str, Tensor]:
+    """Every other tensor: kept as it is, or one line saying the source does not fit."""
+    misfit = [key if key not in src else f"{key} {list(src[key].shape)} vs {list(value.shape)}"
+              for key, value in fresh.items()
+              if key not in handled and (key not in src or src[key].shape != value.shape)]
+    if misfit:
+        raise ValueError(f"--finetune {path} does not fit the student: {len(misfit)} tensors missing or "
+                         f"misshapen ({', '.join(misfit[:3])}{', ...' if len(misfit) > 3 else ''})")
+    extra = sorted(k for k in src if k not in fresh and k not in handled)
+    if extra:
+        change(", ".join(extra[:4]) + (", ..." if len(extra) > 4 else ""), "dropped", "not part of this model")
+    return {key: src[key] for key in fresh if key not in handled}
+
+
 def adapt_state_dict(source: Source, model: VisionTransformer,
                      classes: Optional[list[str]] = None) -> tuple[dict[str, Tensor], list[dict]]:
     """The student's full state dict built from the source, and one record per change: {"what", "action",
     "detail"}, action in kept / resampled / adapted / re-initialised / dropped. `classes`: the new data's class
     names (a head of the same count but other classes is re-initialised too)."""
-    from .checkpoint import resample_pos_embed
-
     src, fresh, c = source.state_dict, model.state_dict(), model.config
     out, changes = {}, []
 
     def change(what, action, detail):
         changes.append({"what": what, "action": action, "detail": detail})
 
-    src_prefix = 2 if "dist_token" in src else 1
     # Tokens: a token the student lacks is dropped, one the source lacks keeps its fresh init.
     out["cls_token"] = src["cls_token"]
     if c.distilled and "dist_token" in src:
@@ -180,21 +233,9 @@ def adapt_state_dict(source: Source, model: VisionTransformer,
         change("dist_token", "re-initialised", "the source has no distillation token (its pos_embed row too)")
     elif "dist_token" in src:
         change("dist_token", "dropped", "the student has no distillation token (its pos_embed row too)")
-
-    # pos_embed: the grid resampled, the prefix rows matched to the student's tokens.
     pos = src["pos_embed"]
-    rows = pos.shape[1] - src_prefix
-    side = math.isqrt(rows)
-    if side * side != rows:
-        raise ValueError(f"--finetune {source.path}: pos_embed has {rows} patch rows, not a square grid")
-    grid = pos[:, src_prefix:]
-    if (side, side) != c.grid_size:
-        grid = resample_pos_embed(grid, c.grid_size, 0, (side, side), antialias=True)
-        change("pos_embed", "resampled", f"{side}x{side} -> {c.grid_size[0]}x{c.grid_size[1]} patch grid (bicubic)")
-    prefix = [pos[:, :1]]
-    if c.distilled:
-        prefix.append(pos[:, 1:2] if src_prefix == 2 else fresh["pos_embed"][:, 1:2])
-    out["pos_embed"] = torch.cat(prefix + [grid], dim=1)
+    out["pos_embed"] = _adapt_pos_embed(pos, 2 if "dist_token" in src else 1, fresh["pos_embed"], c, source.path,
+                                        change)
 
     # Patch embedding: another channel count adapts the weights.
     weight = src["patch_embed.proj.weight"]
@@ -206,42 +247,12 @@ def adapt_state_dict(source: Source, model: VisionTransformer,
     else:
         out["patch_embed.proj.weight"] = weight
 
-    # Heads: kept only for the same classes.
     other_classes = classes is not None and source.classes is not None and list(classes) != list(source.classes)
-    for head in HEADS:
-        key = f"{head}.weight"
-        if f"{head}.weight" not in fresh:
-            if key in src:
-                change(head, "dropped", "the student has no distillation head")
-            continue
-        if key not in src:
-            change(head, "re-initialised", "the source has no such head")
-        elif src[key].shape != fresh[key].shape:
-            change(head, "re-initialised", f"{src[key].shape[0]} -> {c.num_classes} classes")
-        elif other_classes:
-            change(head, "re-initialised", f"{c.num_classes} classes, but not the source's")
-        else:
-            out[key] = src[key]
-            if f"{head}.bias" in src:
-                out[f"{head}.bias"] = src[f"{head}.bias"]
-
-    # Everything else is the backbone: kept as it is, or the source does not fit.
+    out.update(_adapt_heads(src, fresh, c.num_classes, other_classes, change))
     handled = {"cls_token", "dist_token", "pos_embed", "patch_embed.proj.weight"} | {
         f"{h}.{kind}" for h in HEADS for kind in ("weight", "bias")}
-    misfit = []
-    for key, value in fresh.items():
-        if key in handled:
-            continue
-        if key not in src or src[key].shape != value.shape:
-            misfit.append(key if key not in src else f"{key} {list(src[key].shape)} vs {list(value.shape)}")
-        else:
-            out[key] = src[key]
-    if misfit:
-        raise ValueError(f"--finetune {source.path} does not fit the student: {len(misfit)} tensors missing or "
-                         f"misshapen ({', '.join(misfit[:3])}{', ...' if len(misfit) > 3 else ''})")
-    extra = sorted(k for k in src if k not in fresh and k not in handled)
-    if extra:
-        change(", ".join(extra[:4]) + (", ..." if len(extra) > 4 else ""), "dropped", "not part of this model")
+    out.update(_backbone(src, fresh, handled, source.path, change))
+
     changed = {"pos_embed"} if out["pos_embed"].shape != pos.shape else set()
     changed |= {"patch_embed.proj.weight"} if out["patch_embed.proj.weight"] is not weight else set()
     kept = [k for k in out if k not in changed]
