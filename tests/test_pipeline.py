@@ -9,7 +9,7 @@ import torch
 
 from deit.cli import build_parser
 from deit.cli.train import config_from_args
-from deit.pipeline import run_pipeline
+from deit.pipeline import FINAL_RESERVE_S, run_pipeline
 from deit.reproduce import (STUDIES, encode_predictions, plot_study, render_tables, row_config, run_study,
                             train_command)
 
@@ -40,7 +40,9 @@ def test_pipeline_minutes_size_both_schedules_to_the_budget(tmp_path, fmnist_dir
     teacher = json.loads((tmp_path / "p" / "teacher" / "config.json").read_text())
     student = json.loads((tmp_path / "p" / "student" / "config.json").read_text())
     assert teacher["train"]["time_budget_minutes"] == 0.5
-    assert 1.0 <= student["train"]["time_budget_minutes"] < 1.5  # what the teacher left (at least a minute)
+    # what the teacher left after the final reserve (at least a minute); how much the teacher used is the
+    # calibration's business (a 30-s toy budget can end well short of it), not a timing this test may assert
+    assert 1.0 <= student["train"]["time_budget_minutes"] < 2.0 - FINAL_RESERVE_S / 60
     for run, saved in (("teacher", teacher), ("student", student)):
         plan = saved["schedule"]
         assert plan["budget_s"] == pytest.approx(saved["train"]["time_budget_minutes"] * 60)
