@@ -26,7 +26,10 @@ def fingerprint(options: dict[str, Any], row_teacher: str | None, teacher_checkp
 
 def settings_difference(before: str, now: str) -> str:
     """The settings two fingerprints disagree on, as "name: before -> now" (for a user deciding whether to rerun)."""
-    flat = lambda f: (lambda d: {**{k: v for k, v in d.items() if k != "options"}, **d["options"]})(json.loads(f))
+    def flat(text: str) -> dict[str, Any]:
+        settings = json.loads(text)
+        return {**{k: v for k, v in settings.items() if k != "options"}, **settings["options"]}
+
     a, b = flat(before), flat(now)
     return ", ".join(f"{k}: {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
 
