@@ -81,6 +81,17 @@ def test_two_ranks_equal_one_process_at_the_same_global_batch(runs):
     assert config["world_size"] == 2 and config["train"]["batch_size"] == 32
 
 
+def test_two_ranks_accumulating_micro_batches_equal_one_process(runs, fmnist_dir):
+    """Each rank's 16 images of the global 32 as 2 micro-batches of 8, gradients all-reduced once a step (DDP's
+    no_sync before the last micro-batch; reduced on the wrong one, the ranks' weights would part): still the
+    single process's run."""
+    result = torchrun(train_args(fmnist_dir, runs / "two-accum", accum_steps=2))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert max_diff(weights(runs / "one"), weights(runs / "two-accum")) < WEIGHT_TOL
+    config = json.loads((runs / "two-accum" / "config.json").read_text())
+    assert config["world_size"] == 2 and config["train"]["accum_steps"] == 2
+
+
 def test_sharded_evaluation_equals_a_single_process_evaluation(runs, fmnist_dir):
     two = json.loads((runs / "two" / "metrics.json").read_text())
     again = evaluate_run(runs / "two", device="cpu", precision="fp32")

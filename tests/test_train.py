@@ -89,6 +89,41 @@ def test_resume_gives_identical_weights(tmp_path, fmnist_dir, small_val):
     assert strip(log_a) == strip(log_b)
 
 
+def batch_gradients(trainer, x, y, accum_steps: int) -> dict:
+    trainer.config = trainer.config.replace(accum_steps=accum_steps)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    loss = trainer._backward(x.clone(), y.clone())  # timm's Mixup mixes the batch in place
+    return {"loss": loss.total.detach(), "distill": loss.distill.detach(),
+            **{name: p.grad.clone() for name, p in trainer.model.named_parameters()}}
+
+
+def test_accumulated_micro_batches_give_the_whole_batch_gradient(tmp_path, fmnist_dir, cnn_teacher):
+    """--accum-steps 4 against one batch of 40: the same gradients (not only their direction, which AdamW and
+    clipping would hide) and losses, with Mixup/CutMix mixing across the whole batch and the teacher's hard
+    labels; up to float rounding. No stochastic depth: its draws differ by micro-batch."""
+    from deit.engine.runtime import setup_runtime
+    from deit.engine.trainer import Trainer
+
+    config = small_config(tmp_path, "accum", train_subset=400, batch_size=40, mixup=0.8, cutmix=1.0,
+                          mixup_prob=1.0, drop_path=0.0, teacher=str(cnn_teacher.output), distillation="hard",
+                          data_dir=fmnist_dir)
+    trainer = Trainer(config, tmp_path / "accum", setup_runtime("cpu", "fp32", threads=2))
+    x, y = next(iter(trainer.train_loader))
+    whole, parts = batch_gradients(trainer, x, y, 1), batch_gradients(trainer, x, y, 4)
+    assert whole.keys() == parts.keys()
+    for name in whole:
+        assert torch.allclose(whole[name], parts[name], rtol=1e-4, atol=1e-6), name
+    assert whole["head.weight"].abs().max() > 1e-4  # gradients that mean something
+
+
+def test_accumulation_that_does_not_divide_the_batch_is_one_clear_line(tmp_path, fmnist_dir):
+    with pytest.raises(ValueError, match="--accum-steps 3 must divide each process's 40 images"):
+        fit(small_config(tmp_path, "odd", batch_size=40, accum_steps=3, data_dir=fmnist_dir))
+    assert not (tmp_path / "odd").exists()
+    with pytest.raises(ValueError, match="accum_steps must be >= 1"):
+        TrainConfig(accum_steps=0)
+
+
 def test_lr_schedule_matches_timm_per_iteration():
     from timm.scheduler import CosineLRScheduler
 

@@ -54,6 +54,11 @@ class TrainConfig:
               "possibly partial) is set from the step time measured in the first steps, then fixed; replaces "
               "--epochs", execution=True)  # execution-only: once fixed, the recorded schedule is what resumes
     batch_size: int = _f(1024, "global batch size")
+    # Execution-only: the same optimizer step up to float rounding and stochastic depth's draws (a BatchNorm
+    # student, e.g. a convnet teacher in training, normalises over micro-batches instead).
+    accum_steps: int = _f(1, "gradient accumulation: each process's share of the batch in this many micro-batches, "
+                             "one forward/backward each, then one optimizer step: the same step in 1/N the "
+                             "activation memory", execution=True)
     lr: float = _f(5e-4, "base learning rate for batch 512 (scaled by batch_size / 512)")
     min_lr: float = _f(1e-5, "final learning rate of the cosine schedule")
     warmup_lr: float = _f(1e-6, "learning rate at step 0 of the warm-up")
@@ -108,6 +113,7 @@ class TrainConfig:
             (self.time_budget_minutes is None or self.time_budget_minutes > 0,
              f"time_budget_minutes must be > 0, got {self.time_budget_minutes}"),
             (self.batch_size >= 2, f"batch_size must be >= 2, got {self.batch_size}"),
+            (self.accum_steps >= 1, f"accum_steps must be >= 1, got {self.accum_steps}"),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (self.repeats >= 1, f"repeats must be >= 1, got {self.repeats}"),
             (0 <= self.smoothing < 1, f"smoothing must be in [0, 1), got {self.smoothing}"),

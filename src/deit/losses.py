@@ -26,6 +26,15 @@ class LossOutput:
     base: torch.Tensor
     distill: Optional[torch.Tensor] = None
 
+    @staticmethod
+    def mean(parts: list["LossOutput"]) -> "LossOutput":
+        """The losses of equal micro-batches as the whole batch's (detached: for logging and checks)."""
+        if len(parts) == 1:
+            return parts[0]
+        mean = lambda values: torch.stack([v.detach().float() for v in values]).mean()
+        distill = mean([p.distill for p in parts]) if parts[0].distill is not None else None
+        return LossOutput(mean([p.total for p in parts]), mean([p.base for p in parts]), distill)
+
 
 def soft_distillation_loss(student_logits, teacher_logits, tau: float, reduction: str = "official"):
     """tau^2 * KL(softmax(t/tau) || softmax(s/tau)).

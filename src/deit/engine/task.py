@@ -50,15 +50,18 @@ class SeededMixup:
 
 
 class DistillationTask:
-    """loss(x, y, step): Mixup/CutMix, the teacher's logits on the mixed images, and the Table 3 loss."""
+    """mix(x, y, step): Mixup/CutMix of a batch; loss(x, y): the teacher's logits on the (mixed) images and the
+    Table 3 loss. Split so that a mixed batch can be cut into micro-batches (gradient accumulation): the pairs
+    Mixup/CutMix form span the whole batch, as without accumulation."""
 
     def __init__(self, student: nn.Module, teacher: Optional[nn.Module], criterion: DistillationLoss,
                  mixup: Optional[SeededMixup] = None):
         self.student, self.teacher, self.criterion, self.mixup = student, teacher, criterion, mixup
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor, step: int) -> LossOutput:
-        if self.mixup is not None:
-            x, y = self.mixup(x, y, step)
+    def mix(self, x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mixup(x, y, step) if self.mixup is not None else (x, y)
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> LossOutput:
         teacher_logits = None
         if self.teacher is not None:
             with torch.no_grad():

@@ -7,6 +7,7 @@ process writes)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -61,6 +62,10 @@ def per_rank_batch(config: TrainConfig, world_size: int) -> int:
     if config.mixing and share % 2:
         raise ValueError(f"Mixup/CutMix need an even batch per process; {config.batch_size} over {world_size} "
                          f"processes gives {share}: use a multiple of {2 * world_size}")
+    if share % config.accum_steps:
+        raise ValueError(f"--accum-steps {config.accum_steps} must divide each process's {share} images of the "
+                         f"batch into equal micro-batches: use a --batch-size that is a multiple of "
+                         f"{world_size * config.accum_steps}")
     return share
 
 
@@ -195,8 +200,8 @@ class Trainer:
         if c.precision != "auto" or rt.device.type != "cpu":
             return None
         d = self.train_data
-        probe = probe_training_precision(self.model, (per_rank_batch(c, rt.world_size), d.in_chans, *d.img_size),
-                                         c.model)
+        micro_batch = per_rank_batch(c, rt.world_size) // c.accum_steps  # what one forward/backward holds
+        probe = probe_training_precision(self.model, (micro_batch, d.in_chans, *d.img_size), c.model)
         (index,) = rt.all_reduce([PROBE_CANDIDATES.index(probe.choice) if rt.is_main else 0])
         rt.amp_dtype = resolve_precision(PROBE_CANDIDATES[int(index)], rt.device)
         rt.print(probe.summary())
@@ -301,12 +306,8 @@ class Trainer:
         lr = self.lr(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with self.rt.autocast():
-            loss = self.task.loss(x, y, self.step)
-        if fault_point("poison", what="loss", step=self.step):
-            loss.total = loss.total * float("nan")
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss.total).backward()
+        loss = self._backward(x, y)
         grad_norm = self._grad_norm()
         # Under fp16 the grad scaler itself skips steps with inf/NaN gradients (and lowers its scale).
         bad_grad = grad_norm is not None and not self.scaler.is_enabled() and not torch.isfinite(grad_norm)
@@ -339,6 +340,30 @@ class Trainer:
                 with torch.no_grad():
                     next(self.ema.module.parameters()).view(-1)[0] = float("nan")
         return loss
+
+    def _backward(self, x: torch.Tensor, y: torch.Tensor) -> LossOutput:
+        """The batch's loss, with its gradients (scaled under fp16) in .grad: Mixup/CutMix over the whole batch,
+        then --accum-steps equal micro-batches, one forward/backward each (activations of one at a time), each
+        loss divided by their number so that the gradients sum to the whole batch's mean. Under DDP the gradients
+        are all-reduced once, in the last micro-batch's backward."""
+        n = self.config.accum_steps
+        x, y = self.task.mix(x, y, self.step)
+        parts = []
+        for i, (xi, yi) in enumerate(zip(x.chunk(n), y.chunk(n))):
+            with self._gradient_sync(i == n - 1):
+                with self.rt.autocast():
+                    part = self.task.loss(xi, yi)
+                if i == 0 and fault_point("poison", what="loss", step=self.step):
+                    part.total = part.total * float("nan")
+                self.scaler.scale(part.total / n).backward()
+            parts.append(part)
+        return LossOutput.mean(parts)
+
+    def _gradient_sync(self, sync: bool):
+        """DDP's all-reduce on (the last micro-batch) or off (no_sync: gradients accumulate locally)."""
+        if sync or not self.rt.distributed:
+            return contextlib.nullcontext()
+        return self.task.student.no_sync()
 
     def _grad_norm(self) -> Optional[torch.Tensor]:
         """The total gradient norm (unscaled), non-finite when any gradient is; None under fp16's grad scaler
