@@ -88,6 +88,7 @@ def test_two_ranks_accumulating_micro_batches_equal_one_process(runs, fmnist_dir
     result = torchrun(train_args(fmnist_dir, runs / "two-accum", accum_steps=2))
     assert result.returncode == 0, result.stderr[-3000:]
     assert max_diff(weights(runs / "one"), weights(runs / "two-accum")) < WEIGHT_TOL
+    assert "8 steps an epoch (each 2 micro-batches of 8 a process)" in result.stdout
     config = json.loads((runs / "two-accum" / "config.json").read_text())
     assert config["world_size"] == 2 and config["train"]["accum_steps"] == 2
 

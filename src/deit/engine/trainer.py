@@ -144,9 +144,13 @@ class Trainer:
         return self.config.time_budget_minutes is not None and self.budget_plan is None
 
     def _length(self) -> str:
+        c = self.config
         per_epoch = f"{self.steps_per_epoch} steps an epoch"
+        if c.accum_steps > 1:
+            micro = per_rank_batch(c, self.rt.world_size) // c.accum_steps
+            per_epoch += f" (each {c.accum_steps} micro-batches of {micro} a process)"
         if self.calibrating:
-            return f"as many epochs as {self.config.time_budget_minutes:g} min allow, {per_epoch}"
+            return f"as many epochs as {c.time_budget_minutes:g} min allow, {per_epoch}"
         return f"{self.total_steps / self.steps_per_epoch:g} epochs of {per_epoch}"
 
     def restore_schedule(self, recorded: Optional[dict]) -> None:
@@ -565,10 +569,9 @@ def fit_or_reuse(config: TrainConfig) -> RunResult:
     run_dir = Path(config.output)
     saved_run = read_run_config(run_dir)
     if saved_run is not None:
-        saved = TrainConfig.from_dict(saved_run["train"])
-        ignore = {k: None for k in TrainConfig.execution_only()}
-        if saved.replace(**ignore) != config.replace(**ignore):
-            differing = [k for k, v in config.to_dict().items() if saved.to_dict()[k] != v and k not in ignore]
+        saved, ours = TrainConfig.from_dict(saved_run["train"]).to_dict(), config.to_dict()
+        differing = [k for k, v in ours.items() if saved[k] != v and k not in TrainConfig.execution_only()]
+        if differing:
             raise ValueError(f"{run_dir} holds a run with other settings ({', '.join(differing)}); "
                              "delete it or choose another output directory")
         if (run_dir / "metrics.json").exists():
