@@ -42,7 +42,7 @@ def test_cnn_teacher_learns(cnn_teacher):
     assert all(0.0 <= r["data_wait_fraction"] < 1.0 and r["images_per_s"] > 0 for r in rows)
 
 
-def test_distilled_student_learns_from_cnn_teacher(cnn_teacher, tmp_path, fmnist_dir):
+def test_distilled_student_learns_from_cnn_teacher(cnn_teacher, tmp_path, fmnist_dir, small_val):
     # A ViT needs more steps than the CNN: 360 steps of 50 images.
     config = small_config(tmp_path, "student", teacher=str(cnn_teacher.output), distillation="hard",
                           epochs=3, batch_size=50, train_subset=6000, data_dir=fmnist_dir)
