@@ -129,6 +129,14 @@ def test_the_token_target_waits_for_two_seeds_of_both_rows():
     assert noisy[-1].endswith("| +1.75 (2 × std 2.83) | no |")  # stdev(70, 72) = 1.414
 
 
+def test_hard_vs_soft_says_when_it_rests_on_one_seed():
+    runs = lambda *top1: {"label": "x", "seeds": list(range(len(top1))), "runs": [{"top1": t} for t in top1]}
+    one = target_lines({"teachers": {}, "rows": {"hard": runs(74.5), "soft": runs(72.7)}})
+    assert one[-1] == "| hard ≥ soft (class head) | +1.80 (one seed) | yes, so far |"
+    two = target_lines({"teachers": {}, "rows": {"hard": runs(74.0, 71.0), "soft": runs(72.0, 73.5)}})
+    assert two[-1] == "| hard ≥ soft (class head) | -0.25 (larger seed std 2.12) | no |"  # stdev(74, 71) = 2.121
+
+
 def test_rows_and_seeds_name_runs_of_the_study_or_say_which_exist():
     study = STUDIES[STUDY]
     assert selected_runs(study, ["token", "teacher-cnn"], [1]) == {("token", 1), ("teacher-cnn", 0)}
