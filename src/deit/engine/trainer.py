@@ -69,6 +69,11 @@ def per_rank_batch(config: TrainConfig, world_size: int) -> int:
     return share
 
 
+def micro_batch(config: TrainConfig, world_size: int) -> int:
+    """What one forward/backward of a process holds: its share of the batch over --accum-steps."""
+    return per_rank_batch(config, world_size) // config.accum_steps
+
+
 def check_config(config: TrainConfig, world_size: int = 1) -> None:
     """The refusals that need no data or model: cheap, before anything is loaded."""
     from ..models import model_family
@@ -147,8 +152,7 @@ class Trainer:
         c = self.config
         per_epoch = f"{self.steps_per_epoch} steps an epoch"
         if c.accum_steps > 1:
-            micro = per_rank_batch(c, self.rt.world_size) // c.accum_steps
-            per_epoch += f" (each {c.accum_steps} micro-batches of {micro} a process)"
+            per_epoch += f" (each {c.accum_steps} micro-batches of {micro_batch(c, self.rt.world_size)} a process)"
         if self.calibrating:
             return f"as many epochs as {c.time_budget_minutes:g} min allow, {per_epoch}"
         return f"{self.total_steps / self.steps_per_epoch:g} epochs of {per_epoch}"
@@ -204,8 +208,8 @@ class Trainer:
         if c.precision != "auto" or rt.device.type != "cpu":
             return None
         d = self.train_data
-        micro_batch = per_rank_batch(c, rt.world_size) // c.accum_steps  # what one forward/backward holds
-        probe = probe_training_precision(self.model, (micro_batch, d.in_chans, *d.img_size), c.model)
+        shape = (micro_batch(c, rt.world_size), d.in_chans, *d.img_size)
+        probe = probe_training_precision(self.model, shape, c.model)
         (index,) = rt.all_reduce([PROBE_CANDIDATES.index(probe.choice) if rt.is_main else 0])
         rt.amp_dtype = resolve_precision(PROBE_CANDIDATES[int(index)], rt.device)
         rt.print(probe.summary())
