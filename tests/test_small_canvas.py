@@ -175,6 +175,28 @@ def test_a_call_keeps_the_records_it_has_not_reached_yet(tmp_path):
     assert (tmp_path / "commands.txt").read_text() == "deit train none-s0\n"
 
 
+def test_runs_recorded_with_other_command_options_are_named_with_the_flags_that_reuse_them(tmp_path, capsys):
+    """A study recorded at --precision fp32 and asked at the default (auto) trains everything again: --plan and a
+    training call say which flags reuse the records; a change of the recipe itself gets no such hint."""
+    study = STUDIES[STUDY]
+    rows = {r.key: r for r in study.teachers + study.rows}
+    fp32, bf16 = (StudyRun(study, tmp_path, tmp_path / "runs", {"precision": p}) for p in ("fp32", "bf16"))
+    records = {f"{key}-s{seed}": {"fingerprint": run.settings(rows[key], seed), "command": "deit train",
+                                  "metrics": {"top1": 70.0}, "teacher": None}
+               for run, key, seed in ((fp32, "none", 0), (fp32, "token", 0), (bf16, "none", 1))}
+    (tmp_path / "results.json").write_text(json.dumps({"records": records}))
+    run_study(STUDY, output=tmp_path, runs_dir=tmp_path / "runs", plan=True)
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "3 recorded runs differ from these settings only in options of this command: pass --precision fp32 to reuse "
+        "2; pass --precision bf16 to reuse 1 (else they train again and their records are replaced)")
+    state = StudyRun(study, tmp_path, tmp_path / "runs", {"precision": "fp32"})
+    assert state.reuse_hint([(rows["none"], 0)]) is None  # recorded with these settings: reused, nothing to say
+    assert state.reuse_hint([(rows["none"], 1)]).endswith("pass --precision bf16 to reuse them (else they train "
+                                                         "again and their records are replaced)")
+    recipe = StudyRun(study, tmp_path, tmp_path / "runs", {"precision": "fp32", "epochs": 3})
+    assert recipe.reuse_hint([(rows["none"], 0)]) is None  # epochs differ: a change of the recipe, trained again
+
+
 def test_merge_takes_the_runs_recorded_elsewhere_that_this_study_lacks(tmp_path, capsys):
     study = STUDIES[STUDY]
     rows = {r.key: r for r in study.teachers + study.rows}

@@ -24,14 +24,19 @@ def fingerprint(options: dict[str, Any], row_teacher: str | None, teacher_checkp
                        "options": settings}, sort_keys=True, default=str)
 
 
-def settings_difference(before: str, now: str) -> str:
-    """The settings two fingerprints disagree on, as "name: before -> now" (for a user deciding whether to rerun)."""
+def settings_changes(before: str, now: str) -> dict[str, tuple[Any, Any]]:
+    """The settings two fingerprints disagree on: name -> (before, now)."""
     def flat(text: str) -> dict[str, Any]:
         settings = json.loads(text)
         return {**{k: v for k, v in settings.items() if k != "options"}, **settings["options"]}
 
     a, b = flat(before), flat(now)
-    return ", ".join(f"{k}: {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def settings_difference(before: str, now: str) -> str:
+    """The settings two fingerprints disagree on, as "name: before -> now" (for a user deciding whether to rerun)."""
+    return ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in settings_changes(before, now).items())
 
 
 def encode_predictions(pred: dict[str, torch.Tensor]) -> dict[str, str]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..config import TrainConfig, preset_config
 from ..fileio import atomic_write
-from .records import encode_predictions, fingerprint, previous_records, records_of, settings_difference
+from .records import encode_predictions, fingerprint, previous_records, records_of, settings_changes, settings_difference
 from .studies import STUDIES, Row, Study, teacher_key
 from .tables import plot_study, render_tables
 
@@ -117,6 +117,11 @@ def token_cosine_of_run(run_dir: Path, num_images: int = 1000) -> dict[str, Any]
             "cosine": token_cosine(tokens), "num_images": count}
 
 
+# Options of `deit reproduce` itself that enter a run's settings: a run recorded with another value of only these is
+# reused by passing that value again (reuse_hint).
+COMMAND_SETTINGS = ("data_dir", "device", "precision")
+
+
 class StudyRun:
     """One call of `run_study`: trains what is neither recorded nor finished, keeps every run's record."""
 
@@ -195,6 +200,23 @@ class StudyRun:
             epochs = json.loads((run_dir / "config.json").read_text())["train"]["epochs"]
             return f"to train: resumes after epoch {max(done)} of {epochs}"
         return "to train"
+
+    def reuse_hint(self, runs: list[tuple[Row, int]]) -> str | None:
+        """One line when some of `runs` are recorded with settings that differ from the current ones only in this
+        command's own options (e.g. recorded at --precision fp32, asked at auto): the flags that reuse them."""
+        groups: dict[str, int] = {}
+        for row, seed in runs:
+            earlier = self.recorded.get(f"{row.key}-s{seed}")
+            changes = settings_changes(earlier["fingerprint"], self.settings(row, seed)) if earlier else {}
+            if changes and set(changes) <= set(COMMAND_SETTINGS):
+                flags = " ".join(f"--{k.replace('_', '-')} {before}" for k, (before, _) in changes.items())
+                groups[flags] = groups.get(flags, 0) + 1
+        if not groups:
+            return None
+        ways = "; ".join(f"pass {flags} to reuse {'them' if len(groups) == 1 else count}"
+                         for flags, count in groups.items())
+        return f"{sum(groups.values())} recorded runs differ from these settings only in options of this command: " \
+               f"{ways} (else they train again and their records are replaced)"
 
     def train(self, row: Row, seed: int, settings: str) -> dict[str, Any]:
         from ..engine import fit_or_reuse
@@ -283,6 +305,7 @@ def run_study(name: str, output: str | Path | None = None, runs_dir: str | Path 
         taken = state.merge(source)
         print(f"merged from {source}: {', '.join(taken) if taken else 'nothing new'}", flush=True)
     order = [(t, 0) for t in study.teachers] + study.schedule()
+    hint = state.reuse_hint([(row, seed) for row, seed in order if (row.key, seed) in chosen or row in study.teachers])
     if plan:
         needed = {state.rows[key].teacher for key, _ in chosen} | {key for key, _ in chosen}  # and their teachers
         lines = [(f"{row.key}-s{seed}", state.status(row, seed)) for row, seed in order
@@ -291,7 +314,11 @@ def run_study(name: str, output: str | Path | None = None, runs_dir: str | Path 
         print("\n".join(f"{run:<{width}}  {status}" for run, status in lines))
         print(f"{sum(s.startswith('to train') for _, s in lines)} of {len(lines)} runs to train "
               "(teachers are trained first when a student needs their weights)")
+        if hint:
+            print(hint)
         return {"plan": lines}
+    if hint:
+        print(hint, flush=True)
     output.mkdir(parents=True, exist_ok=True)
     for row, seed in order:
         if row in study.teachers:
