@@ -150,8 +150,9 @@ def test_rows_and_seeds_name_runs_of_the_study_or_say_which_exist():
 def test_reproduce_flags_parse_into_lists_or_say_what_they_take(capsys):
     parser = build_parser()
     args = parser.parse_args(["reproduce", "--preset", STUDY, "--rows", "none, token", "--seeds", "0,1", "--plan",
-                              "--merge", "a/results.json", "--merge", "b"])
+                              "--merge", "a/results.json", "--merge", "b", "--num-workers", "8"])
     assert (args.rows, args.seeds, args.plan, args.merge) == (["none", "token"], [0, 1], True, ["a/results.json", "b"])
+    assert args.num_workers == 8
     with pytest.raises(SystemExit):
         parser.parse_args(["reproduce", "--preset", STUDY, "--seeds", "1,x"])
     assert "--seeds takes integers separated by commas (e.g. 0,1), not '1,x'" in capsys.readouterr().err

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
 
+# How the runs execute (TrainConfig fields); of these, data_dir, device and precision enter a run's recorded settings.
+EXECUTION = ("data_dir", "device", "precision", "threads", "num_workers", "progress")
+
+
 def register(sub) -> None:
     from deit.reproduce import STUDIES
 
@@ -12,6 +16,9 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="data worker processes building the augmented batches (default 0 for in-memory data: in the "
+                        "training process); a GPU needs several to be fed")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--rows", type=_names, default=None,
                    help="train only these rows, comma-separated (e.g. none,token; a teacher row's name trains it); "
@@ -41,8 +48,7 @@ def _seeds(text: str) -> list[int]:
 def run(args) -> int:
     from deit.reproduce import run_study
 
-    execution = {k: getattr(args, k) for k in ("data_dir", "device", "precision", "threads", "progress")
-                 if getattr(args, k) is not None}
+    execution = {k: getattr(args, k) for k in EXECUTION if getattr(args, k) is not None}
     results = run_study(args.preset, args.output, args.runs_dir, rows=args.rows, seeds=args.seeds, plan=args.plan,
                         merge=args.merge, **execution)
     if not args.plan:

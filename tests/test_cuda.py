@@ -1,0 +1,108 @@
+"""The CUDA path against the CPU path that the rest of the suite tests, on real Fashion-MNIST. Skipped where there
+is no CUDA device (CI has none); scripts/gpu_check.sh runs this file on the GPU machine of the device tool."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import perturb_
+from deit.config import preset_config
+from deit.engine import evaluate_run, fit
+from deit.models import create_model
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+# Randomness other than the data order and augmentation (drawn on the CPU, seeded alike) is off: no Mixup/CutMix
+# or stochastic depth, whose draws come from the device's own generator.
+FLAGS = dict(epochs=1, batch_size=64, train_subset=640, warmup_epochs=0.5, mixup=0.0, cutmix=0.0, drop_path=0.0,
+             eval_every=100, progress=False, seed=3, threads=4)
+
+
+@pytest.fixture
+def exact_fp32():
+    """fp32 products in full fp32 on the GPU (cuDNN convolutions default to TF32), restored afterwards."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def logits(output) -> torch.Tensor:
+    return output.logits if hasattr(output, "logits") else output
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+@pytest.mark.parametrize("name, kwargs", [("deit_tiny_distilled_patch16_224", {}),
+                                          ("deit_mini_distilled_patch8_32", {}),
+                                          ("resnet8_tiny", {"in_chans": 1, "num_classes": 10})])
+def test_a_model_gives_its_cpu_logits_on_cuda(name, kwargs, exact_fp32):
+    model = perturb_(create_model(name, **kwargs))
+    config = getattr(model, "config", None)
+    shape = (8, config.in_chans, *config.img_size) if hasattr(config, "img_size") else (8, 1, 28, 28)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        cpu = logits(model(x))
+        cuda = logits(model.cuda()(x.cuda())).cpu()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            bf16 = logits(model(x.cuda())).float().cpu()
+    torch.testing.assert_close(cuda, cpu, rtol=1e-4, atol=1e-4)
+    # bf16 keeps ~3 significant digits: close to fp32 relative to the logits' spread, and the same predictions
+    assert (bf16 - cpu).abs().max() < 0.05 * cpu.std() + 1e-2
+    assert (bf16.argmax(1) == cpu.argmax(1)).float().mean() >= 0.75
+
+
+def test_training_on_cuda_follows_the_cpu_run(tmp_path, fmnist_dir, exact_fp32):
+    """The same 10 fp32 steps on the CPU and on the GPU end with the same weights up to float rounding."""
+    runs = {device: fit(preset_config("fmnist-cpu", **FLAGS, data_dir=fmnist_dir, device=device, precision="fp32",
+                                      output=str(tmp_path / device)))
+            for device in ("cpu", "cuda")}
+    assert max_diff(load_file(str(runs["cpu"].output / "model.safetensors")),
+                    load_file(str(runs["cuda"].output / "model.safetensors"))) < 1e-3
+    assert abs(runs["cpu"].metrics["top1"] - runs["cuda"].metrics["top1"]) < 0.5
+    # and the GPU run's weights evaluate on the CPU to what it measured on the GPU
+    on_cpu = evaluate_run(runs["cuda"].output, device="cpu", precision="fp32")
+    assert abs(on_cpu["top1"] - runs["cuda"].metrics["top1"]) < 0.05
+
+
+@pytest.fixture(scope="module")
+def cuda_teacher(tmp_path_factory, fmnist_dir):
+    tmp = tmp_path_factory.mktemp("teacher")
+    return fit(preset_config("cnn-small", epochs=2, batch_size=128, train_subset=3000, warmup_epochs=0.2,
+                             eval_every=100, progress=False, device="cuda", precision="bf16", data_dir=fmnist_dir,
+                             output=str(tmp / "cnn")))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_distillation_on_cuda_in_reduced_precision(precision, tmp_path, fmnist_dir, cuda_teacher):
+    """A hard-distillation run with a convnet teacher in bf16 (autocast) and fp16 (grad scaler): finite, it
+    learns, and the teacher's predictions enter the metrics (the teacher's inference path on CUDA)."""
+    assert cuda_teacher.metrics["top1"] > 60.0, cuda_teacher.metrics
+    config = preset_config("fmnist-cpu", **{**FLAGS, "epochs": 2, "train_subset": 3000}, data_dir=fmnist_dir,
+                           device="cuda", precision=precision, teacher=str(cuda_teacher.output),
+                           distillation="hard", output=str(tmp_path / precision))
+    m = fit(config).metrics
+    assert m["top1"] > 40.0 and "top1_teacher" in m and m["disagree_dist_teacher"] < 0.6, m
+    assert all(torch.isfinite(t).all() for t in load_file(str(tmp_path / precision / "model.safetensors")).values())
+
+
+def test_torchrun_with_nccl_on_one_gpu_equals_the_single_process(tmp_path, fmnist_dir):
+    """The NCCL path: torchrun with one process on cuda:0 ends with the single process's weights."""
+    flags = {**FLAGS, "data_dir": fmnist_dir, "device": "cuda", "precision": "bf16"}
+    single = fit(preset_config("fmnist-cpu", **flags, output=str(tmp_path / "single")))
+    args = ["train", "--preset", "fmnist-cpu", "--output", str(tmp_path / "ddp")]
+    for key, value in flags.items():
+        args += [f"--{key.replace('_', '-')}", str(value)] if value is not False else ["--no-progress"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1", "--master-addr", "127.0.0.1",
+               "--master-port", "29531", "-m", "deit", *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert max_diff(load_file(str(single.output / "model.safetensors")),
+                    load_file(str(tmp_path / "ddp" / "model.safetensors"))) < 1e-2
