@@ -11,7 +11,10 @@ from safetensors.torch import load_file
 
 from conftest import perturb_
 from deit.config import preset_config
+from deit.data import load_split
 from deit.engine import evaluate_run, fit
+from deit.engine.runtime import seed_everything
+from deit.engine.trainer import model_overrides
 from deit.models import create_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -53,20 +56,27 @@ def test_a_model_gives_its_cpu_logits_on_cuda(name, kwargs, exact_fp32):
         cuda = logits(model.cuda()(x.cuda())).cpu()
         with torch.autocast("cuda", dtype=torch.bfloat16):
             bf16 = logits(model(x.cuda())).float().cpu()
-    torch.testing.assert_close(cuda, cpu, rtol=1e-4, atol=1e-4)
-    # bf16 keeps ~3 significant digits: close to fp32 relative to the logits' spread, and the same predictions
-    assert (bf16 - cpu).abs().max() < 0.05 * cpu.std() + 1e-2
-    assert (bf16.argmax(1) == cpu.argmax(1)).float().mean() >= 0.75
+    torch.testing.assert_close(cuda, cpu, rtol=1e-3, atol=1e-3)
+    # bf16 keeps ~3 significant digits per operation: the logits within a few % of fp32's
+    assert (bf16 - cpu).norm() / cpu.norm() < 0.05
 
 
 def test_training_on_cuda_follows_the_cpu_run(tmp_path, fmnist_dir, exact_fp32):
-    """The same 10 fp32 steps on the CPU and on the GPU end with the same weights up to float rounding."""
-    runs = {device: fit(preset_config("fmnist-cpu", **FLAGS, data_dir=fmnist_dir, device=device, precision="fp32",
-                                      output=str(tmp_path / device)))
-            for device in ("cpu", "cuda")}
-    assert max_diff(load_file(str(runs["cpu"].output / "model.safetensors")),
-                    load_file(str(runs["cuda"].output / "model.safetensors"))) < 1e-3
-    assert abs(runs["cpu"].metrics["top1"] - runs["cuda"].metrics["top1"]) < 0.5
+    """The same 10 fp32 steps on the CPU and on the GPU move the weights alike: AdamW's update of a near-zero
+    gradient may differ in sign between the two, so the updates are compared as a whole, relative to their size."""
+    configs = {device: preset_config("fmnist-cpu", **FLAGS, data_dir=fmnist_dir, device=device, precision="fp32",
+                                     output=str(tmp_path / device)) for device in ("cpu", "cuda")}
+    config = configs["cpu"]
+    overrides = model_overrides(config, load_split(config, "train"))
+    seed_everything(config.seed)  # the trainer's initial weights, as it makes them
+    start = create_model(config.model, **overrides).state_dict()
+    runs = {device: fit(c) for device, c in configs.items()}
+    update = {device: torch.cat([(w.float() - start[k].float()).flatten()
+                                 for k, w in load_file(str(run.output / "model.safetensors")).items()])
+              for device, run in runs.items()}
+    assert update["cpu"].norm() > 0
+    assert (update["cuda"] - update["cpu"]).norm() / update["cpu"].norm() < 0.05
+    assert abs(runs["cpu"].metrics["top1"] - runs["cuda"].metrics["top1"]) < 1.0
     # and the GPU run's weights evaluate on the CPU to what it measured on the GPU
     on_cpu = evaluate_run(runs["cuda"].output, device="cpu", precision="fp32")
     assert abs(on_cpu["top1"] - runs["cuda"].metrics["top1"]) < 0.05
@@ -75,7 +85,7 @@ def test_training_on_cuda_follows_the_cpu_run(tmp_path, fmnist_dir, exact_fp32):
 @pytest.fixture(scope="module")
 def cuda_teacher(tmp_path_factory, fmnist_dir):
     tmp = tmp_path_factory.mktemp("teacher")
-    return fit(preset_config("cnn-small", epochs=2, batch_size=128, train_subset=3000, warmup_epochs=0.2,
+    return fit(preset_config("cnn-small", epochs=3, batch_size=100, train_subset=3000, warmup_epochs=0.2,
                              eval_every=100, progress=False, device="cuda", precision="bf16", data_dir=fmnist_dir,
                              output=str(tmp / "cnn")))
 
@@ -85,11 +95,13 @@ def test_distillation_on_cuda_in_reduced_precision(precision, tmp_path, fmnist_d
     """A hard-distillation run with a convnet teacher in bf16 (autocast) and fp16 (grad scaler): finite, it
     learns, and the teacher's predictions enter the metrics (the teacher's inference path on CUDA)."""
     assert cuda_teacher.metrics["top1"] > 60.0, cuda_teacher.metrics
-    config = preset_config("fmnist-cpu", **{**FLAGS, "epochs": 2, "train_subset": 3000}, data_dir=fmnist_dir,
+    # the CPU suite's distilled-student run (tests/test_train.py): 360 steps of 50 images
+    config = preset_config("fmnist-cpu", **{**FLAGS, "epochs": 3, "batch_size": 50, "train_subset": 6000},
+                           data_dir=fmnist_dir,
                            device="cuda", precision=precision, teacher=str(cuda_teacher.output),
                            distillation="hard", output=str(tmp_path / precision))
     m = fit(config).metrics
-    assert m["top1"] > 40.0 and "top1_teacher" in m and m["disagree_dist_teacher"] < 0.6, m
+    assert m["top1"] > 40.0 and "top1_teacher" in m and m["disagree_dist_teacher"] < 0.5, m
     assert all(torch.isfinite(t).all() for t in load_file(str(tmp_path / precision / "model.safetensors")).values())
 
 
