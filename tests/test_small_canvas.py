@@ -198,6 +198,17 @@ def test_runs_recorded_with_other_command_options_are_named_with_the_flags_that_
     assert recipe.reuse_hint([(rows["none"], 0)]) is None  # epochs differ: a change of the recipe, trained again
 
 
+def test_plan_says_how_long_the_recorded_students_took(tmp_path):
+    records = {name: {"fingerprint": "", "command": "", "metrics": {"top1": 70.0, "train_time_s": seconds}}
+               for name, seconds in (("teacher-cnn-s0", 60.0), ("none-s0", 600.0), ("token-s0", 1200.0),
+                                     ("hard-s1", 3000.0))}
+    (tmp_path / "results.json").write_text(json.dumps({"records": records}))
+    state = StudyRun(STUDIES[STUDY], tmp_path, tmp_path / "runs", {})
+    assert state.pace() == "; the 3 recorded students trained in a median 20 min each where they ran (evaluations " \
+                           "not counted)"  # the teacher's 1 min left out
+    assert StudyRun(STUDIES[STUDY], tmp_path / "none", tmp_path / "runs", {}).pace() == ""
+
+
 def test_merge_takes_the_runs_recorded_elsewhere_that_this_study_lacks(tmp_path, capsys):
     study = STUDIES[STUDY]
     rows = {r.key: r for r in study.teachers + study.rows}

@@ -201,6 +201,18 @@ class StudyRun:
             return f"to train: resumes after epoch {max(done)} of {epochs}"
         return "to train"
 
+    def pace(self) -> str:
+        """How long the recorded student runs took to train, for a user sizing the rest ("" with none recorded)."""
+        import statistics
+
+        seconds = [r["metrics"]["train_time_s"] for name, r in self.recorded.items()
+                   if not name.startswith(tuple(t.key + "-" for t in self.study.teachers))
+                   and "train_time_s" in r.get("metrics", {})]
+        if not seconds:
+            return ""
+        return f"; the {len(seconds)} recorded students trained in a median {statistics.median(seconds) / 60:.0f} " \
+               "min each where they ran (evaluations not counted)"
+
     def reuse_hint(self, runs: list[tuple[Row, int]]) -> str | None:
         """One line when some of `runs` are recorded with settings that differ from the current ones only in this
         command's own options (e.g. recorded at --precision fp32, asked at auto): the flags that reuse them."""
@@ -313,7 +325,7 @@ def run_study(name: str, output: str | Path | None = None, runs_dir: str | Path 
         width = max(len(run) for run, _ in lines)
         print("\n".join(f"{run:<{width}}  {status}" for run, status in lines))
         print(f"{sum(s.startswith('to train') for _, s in lines)} of {len(lines)} runs to train "
-              "(teachers are trained first when a student needs their weights)")
+              f"(teachers are trained first when a student needs their weights){state.pace()}")
         if hint:
             print(hint)
         return {"plan": lines}
