@@ -74,19 +74,21 @@ def registered_name_for(config: ViTConfig) -> Optional[str]:
     return matches[0] if matches else None
 
 
-def read_source(path) -> Source:
+def read_source(path, vit: bool = True) -> Source:
     """Read a fine-tuning source; every failure (missing, corrupt, truncated, not a checkpoint, not a ViT) is one
-    ValueError/FileNotFoundError line naming it."""
+    ValueError/FileNotFoundError line naming it. vit=False: any architecture's state dict, as it is."""
     path = Path(path)
     state_dict, fmt = load_state_dict(path)
     config = name = classes = None
+    if not vit and not is_run_dir(path):
+        return Source(str(path), fmt, state_dict, None, None, None)
     config_file = path / CONFIG_NAME if path.is_dir() else None
     if config_file is not None and config_file.is_file():
         saved = _read_json(config_file)
         if is_run_dir(path):
             spec = saved["model"]
-            if spec.get("family") != "vit":
-                raise ValueError(f"--finetune {path} is a {spec.get('family')} run; fine-tuning takes ViT/DeiT weights")
+            if spec.get("family") != "vit":  # fitted key by key (deit.finetune_by_keys); --model is its name
+                return Source(str(path), fmt, state_dict, None, spec.get("name"), saved.get("data", {}).get("classes"))
             config = ViTConfig(**spec["config"])
             name = spec.get("name") if spec.get("name") in list_models() else None
             classes = saved.get("data", {}).get("classes")
@@ -108,7 +110,7 @@ def source_model_name(path) -> Optional[str]:
     has is refused."""
     source = read_source(path)
     if source.config is None:
-        return None
+        return source.name  # a run of another architecture names itself; a bare file does not
     if source.name is None:
         raise ValueError(f"--finetune {path} is a ViT that no registered model matches "
                          f"({_describe_arch(source.config.to_dict())}); `deit models` lists them")
@@ -122,8 +124,8 @@ def _describe_arch(arch: dict) -> str:
 
 def check_architecture(source: Source, model_name: str) -> None:
     """Refuse a student (--model) whose architecture is not the source's, with the name that would fit."""
-    if model_family(model_name) != "vit":
-        raise ValueError(f"--finetune loads ViT/DeiT weights; --model {model_name} is a {model_family(model_name)}")
+    if source.config is None and source.name is not None:  # a run of ours of another architecture
+        raise ValueError(f"--finetune {source.path} is a {source.name} run, not a ViT/DeiT: pass --model {source.name}")
     target = model_config(model_name)
     have = _shape_arch(source.state_dict, source.path)
     if source.config is not None:
@@ -266,9 +268,15 @@ def freeze_for_linear_probe(model: nn.Module) -> list[str]:
     """Only the heads train. Stochastic depth is switched off too: it would only add noise to frozen features."""
     from .models.vit import DropPath
 
+    if isinstance(model, VisionTransformer):
+        heads = {n for n, _ in model.named_parameters() if n.split(".")[0] in HEADS}
+    else:
+        from .finetune_by_keys import classifier_keys
+
+        heads = classifier_keys(model)
     trainable = []
     for name, p in model.named_parameters():
-        p.requires_grad_(name.split(".")[0] in HEADS)
+        p.requires_grad_(name in heads)
         if p.requires_grad:
             trainable.append(name)
     for m in model.modules():
@@ -284,6 +292,17 @@ def prepare(config) -> Optional[Source]:
     """Before any data is read: the source, checked against --model (None when not fine-tuning)."""
     if config.finetune is None:
         return None
+    if model_family(config.model) != "vit":
+        from .finetune_by_keys import check_by_keys
+
+        source = read_source(config.finetune, vit=False)
+        try:
+            check_by_keys(source.path, source.state_dict, config.model)
+        except ValueError as e:
+            named = source.name if source.name not in (None, config.model) else None
+            raise ValueError(f"{e}" + (f"; the source is a {named} run: pass --model {named}" if named else "")) \
+                from None
+        return source
     source = read_source(config.finetune)
     check_architecture(source, config.model)
     return source
@@ -294,8 +313,14 @@ def apply(model: nn.Module, source: Optional[Source], config, classes: list[str]
     """Load the adapted source weights into the freshly built student and freeze for a linear probe; prints one
     line per change and returns the record for config.json. source None (a resumed run): only the freezing."""
     record = None
-    if source is not None:
+    if source is not None and not isinstance(model, VisionTransformer):
+        from .finetune_by_keys import fit_by_keys
+
+        other = classes is not None and source.classes is not None and list(classes) != list(source.classes)
+        state_dict, changes = fit_by_keys(source.path, source.state_dict, model, config.model, other)
+    elif source is not None:
         state_dict, changes = adapt_state_dict(source, model, classes)
+    if source is not None:
         model.load_state_dict(state_dict)
         record = {"source": source.path, "format": source.format, "source_model": source.name, "changes": changes}
         for ch in changes:

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .models.vit import DeiTOutput
+
 DISTILLATION_TYPES = ("none", "soft", "hard")
 KL_REDUCTIONS = ("official", "batchmean")
 
@@ -83,6 +85,8 @@ class DistillationLoss:
         self.kl_reduction = kl_reduction
 
     def __call__(self, outputs, targets, teacher_logits: torch.Tensor | None = None) -> LossOutput:
+        if isinstance(outputs, torch.Tensor):  # a model that returns plain logits (timm, torchvision)
+            outputs = DeiTOutput(logits=outputs, cls_logits=outputs)
         base = self.base_criterion(outputs.cls_logits.float(), targets)
         if self.distillation_type == "none":
             if outputs.dist_logits is not None:

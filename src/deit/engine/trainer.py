@@ -46,10 +46,11 @@ def model_overrides(config: TrainConfig, data) -> dict:
     from ..models import model_family
 
     overrides = dict(num_classes=data.num_classes, in_chans=data.in_chans)
-    if model_family(config.model) == "vit":
+    family = model_family(config.model)
+    if family == "vit":
         overrides.update(img_size=data.img_size, combine=config.combine)
-        if config.drop_path is not None:
-            overrides["drop_path_rate"] = config.drop_path
+    if family in ("vit", "timm") and config.drop_path is not None:
+        overrides["drop_path_rate"] = config.drop_path
     return overrides
 
 

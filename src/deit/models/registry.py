@@ -1,9 +1,11 @@
-"""Named model configurations: the official DeiT names plus small-image presets and CNN teachers."""
+"""Named model configurations: the official DeiT names plus small-image presets and CNN teachers, and the
+architectures of timm and torchvision by a prefixed name ("timm:resnet50", "torchvision:resnet50")."""
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from torch import nn
 
@@ -61,12 +63,74 @@ register_model("resnet20_small", "resnet", blocks_per_stage=(3, 3, 3), width=32)
 register_model("resnet20_wide", "resnet", blocks_per_stage=(3, 3, 3), width=64)
 
 
+# ------------------------------------------------------------------------------- timm and torchvision
+# Their architectures train, fine-tune (from their own state dicts) and teach like ours: e.g. an ImageNet
+# convnet fine-tuned on a user's folder as the teacher. Built without weights; a run's config.json rebuilds them.
+EXTERNAL_LIBRARIES = ("timm", "torchvision")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExternalConfig:
+    library: str
+    arch: str
+    num_classes: int = 1000
+    in_chans: int = 3
+    drop_path_rate: Optional[float] = None  # timm only
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def external_name(name: str) -> Optional[tuple[str, str]]:
+    """(library, architecture) of a prefixed name such as "timm:resnet50"; None for any other name."""
+    library, sep, arch = name.partition(":")
+    return (library, arch) if sep and library in EXTERNAL_LIBRARIES else None
+
+
+def _check_external(library: str, arch: str) -> None:
+    if library == "timm":
+        import timm
+
+        known = timm.is_model(arch)
+    else:
+        import torchvision
+
+        known = arch in torchvision.models.list_models()
+    if not known:
+        raise ValueError(f"{library} has no architecture {arch!r} (its list_models() names them)")
+
+
+def _build_external(config: ExternalConfig) -> nn.Module:
+    if config.library == "timm":
+        import timm
+
+        extra = {} if config.drop_path_rate is None else {"drop_path_rate": config.drop_path_rate}
+        model = timm.create_model(config.arch, pretrained=False, num_classes=config.num_classes,
+                                  in_chans=config.in_chans, **extra)
+    else:
+        import torchvision
+
+        if config.in_chans != 3:
+            raise ValueError(f"torchvision's {config.arch} takes 3-channel images, not {config.in_chans}: use the "
+                             f"timm:{config.arch} architecture (it adapts its first convolution) or RGB data")
+        if config.drop_path_rate is not None:
+            raise ValueError(f"torchvision's {config.arch} has no stochastic depth option: leave --drop-path unset")
+        model = torchvision.models.get_model(config.arch, weights=None, num_classes=config.num_classes)
+    model.deit_config = config  # what model_spec records to rebuild it
+    return model
+
+
 def list_models(pattern: str = "*") -> list[str]:
     """Registered names matching a shell-style pattern, sorted."""
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
 def model_family(name: str) -> str:
+    """vit | resnet (ours) | timm | torchvision; an unknown name is one clear error."""
+    external = external_name(name)
+    if external is not None:
+        _check_external(*external)
+        return external[0]
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; `deit models` lists the {len(_REGISTRY)} registered names")
     return _REGISTRY[name][0]
@@ -75,8 +139,9 @@ def model_family(name: str) -> str:
 def model_config(name: str, **overrides: Any):
     """The config object of a registered name, with keyword overrides (img_size, num_classes, ...)."""
     family = model_family(name)
-    config_cls, _ = _FAMILIES[family]
-    kwargs = {**_REGISTRY[name][1], **overrides}
+    external = external_name(name)
+    config_cls, kwargs = (ExternalConfig, {"library": external[0], "arch": external[1], **overrides}) if external \
+        else (_FAMILIES[family][0], {**_REGISTRY[name][1], **overrides})
     try:
         return config_cls(**kwargs)
     except TypeError as e:
@@ -88,15 +153,21 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
 
     Keywords override the named config: img_size, patch_size, in_chans, num_classes, embed_dim, depth,
     num_heads, mlp_ratio, drop_path_rate, distilled, combine (ViTs); in_chans, num_classes,
-    blocks_per_stage, width (ResNets).
+    blocks_per_stage, width (ResNets); num_classes, in_chans, drop_path_rate (timm:NAME, torchvision:NAME).
     """
     config = model_config(name, **overrides)
+    if isinstance(config, ExternalConfig):
+        return _build_external(config)
     _, model_cls = _FAMILIES[model_family(name)]
     return model_cls(config)
 
 
 def model_spec(model: nn.Module, name: str | None = None) -> dict[str, Any]:
     """JSON-able description that rebuilds `model` (without weights): saved in a run's config.json."""
+    external = getattr(model, "deit_config", None)
+    if isinstance(external, ExternalConfig):
+        return {"family": external.library, "name": f"{external.library}:{external.arch}",
+                "config": external.to_dict()}
     for family, (config_cls, model_cls) in _FAMILIES.items():
         if isinstance(model, model_cls):
             return {"family": family, "name": name, "config": model.config.to_dict()}
@@ -106,7 +177,10 @@ def model_spec(model: nn.Module, name: str | None = None) -> dict[str, Any]:
 def model_from_spec(spec: dict[str, Any]) -> nn.Module:
     """Inverse of `model_spec`."""
     family = spec.get("family")
+    if family in EXTERNAL_LIBRARIES:
+        return _build_external(ExternalConfig(**spec["config"]))
     if family not in _FAMILIES:
-        raise ValueError(f"model spec has unknown family {family!r}; expected one of {sorted(_FAMILIES)}")
+        raise ValueError(f"model spec has unknown family {family!r}; expected one of "
+                         f"{sorted(_FAMILIES) + list(EXTERNAL_LIBRARIES)}")
     config_cls, model_cls = _FAMILIES[family]
     return model_cls(config_cls(**spec["config"]))
