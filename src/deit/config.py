@@ -21,7 +21,8 @@ def _f(default, help: str, execution: bool = False, **kw):
 @dataclass(frozen=True)
 class TrainConfig:
     # model
-    model: str = _f("deit_mini_distilled_patch7_28", "registered model name (`deit models`)")
+    model: str = _f("deit_mini_distilled_patch7_28", "registered model name (`deit models`), or timm:NAME / "
+                                                     "torchvision:NAME for an architecture of those libraries")
     drop_path: Optional[float] = _f(0.1, "stochastic depth rate (linear rule); None keeps the model's")
     combine: str = _f("mean_logits", "how a distilled model combines its heads: mean_logits|mean_softmax|cls|dist")
     finetune: Optional[str] = _f(None, "start from trained weights: a run directory, an official .pth, a timm state "
