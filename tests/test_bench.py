@@ -52,6 +52,8 @@ def test_cli_json(capsys):
 def test_cli_rejects_bad_model(capsys):
     assert main(["bench", "--model", "no_such_model"]) == 2
     assert "unknown model" in capsys.readouterr().err
+    assert main(["bench", "--model", "timm:resnet18"]) == 2  # timm's own: no twin of ours to compare or FLOPs rule
+    assert "deit bench times the models of this package" in capsys.readouterr().err
 
 
 def _jitter(model):

@@ -29,6 +29,7 @@ from .engine.optim import make_optimizer_fast
 from .engine.precision import autocast, precision_dtype
 from .losses import DistillationLoss
 from .models import create_model, model_family
+from .models.registry import EXTERNAL_LIBRARIES
 from .models.vit import DeiTOutput
 from .speed import prepare_model_for_inference, quantize_for_inference
 
@@ -67,9 +68,10 @@ class BenchConfig:
             raise ValueError(f"--compare supports only 'timm', got {self.compare!r}")
         if self.batch_size < 1 or self.windows < 1 or self.warmup < 0:
             raise ValueError("batch_size and windows must be >= 1, warmup >= 0")
-        model_family(self.model)
-        if self.teacher is not None:
-            model_family(self.teacher)
+        for role, name in (("--model", self.model), ("--teacher", self.teacher)):
+            if name is not None and model_family(name) in EXTERNAL_LIBRARIES:
+                raise ValueError(f"deit bench times the models of this package (`deit models`), not {name}: "
+                                 f"{role} takes one of those")
 
 
 @dataclass
