@@ -4,6 +4,7 @@ is no CUDA device (CI has none); scripts/gpu_check.sh runs this file on the GPU 
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,11 +39,6 @@ def logits(output) -> torch.Tensor:
     return output.logits if hasattr(output, "logits") else output
 
 
-def max_diff(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
-
-
 @pytest.mark.parametrize("name, kwargs", [("deit_tiny_distilled_patch16_224", {}),
                                           ("deit_mini_distilled_patch8_32", {}),
                                           ("resnet8_tiny", {"in_chans": 1, "num_classes": 10})])
@@ -61,21 +57,30 @@ def test_a_model_gives_its_cpu_logits_on_cuda(name, kwargs, exact_fp32):
     assert (bf16 - cpu).norm() / cpu.norm() < 0.05
 
 
+def updates(config, run_dirs: dict) -> dict:
+    """How far each run moved the weights from the trainer's initial ones (rebuilt as the trainer makes them),
+    flattened. A comparison of whole updates relative to their size: AdamW's step on a near-zero gradient may
+    differ in sign between two devices, and a step is at most ~lr, so raw weight differences say little."""
+    overrides = model_overrides(config, load_split(config, "train"))
+    seed_everything(config.seed)
+    start = create_model(config.model, **overrides).state_dict()
+    return {key: torch.cat([(w.float() - start[k].float()).flatten()
+                            for k, w in load_file(str(Path(run) / "model.safetensors")).items()])
+            for key, run in run_dirs.items()}
+
+
+def relative_gap(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert b.norm() > 0
+    return ((a - b).norm() / b.norm()).item()
+
+
 def test_training_on_cuda_follows_the_cpu_run(tmp_path, fmnist_dir, exact_fp32):
-    """The same 10 fp32 steps on the CPU and on the GPU move the weights alike: AdamW's update of a near-zero
-    gradient may differ in sign between the two, so the updates are compared as a whole, relative to their size."""
+    """The same 10 fp32 steps on the CPU and on the GPU move the weights alike."""
     configs = {device: preset_config("fmnist-cpu", **FLAGS, data_dir=fmnist_dir, device=device, precision="fp32",
                                      output=str(tmp_path / device)) for device in ("cpu", "cuda")}
-    config = configs["cpu"]
-    overrides = model_overrides(config, load_split(config, "train"))
-    seed_everything(config.seed)  # the trainer's initial weights, as it makes them
-    start = create_model(config.model, **overrides).state_dict()
     runs = {device: fit(c) for device, c in configs.items()}
-    update = {device: torch.cat([(w.float() - start[k].float()).flatten()
-                                 for k, w in load_file(str(run.output / "model.safetensors")).items()])
-              for device, run in runs.items()}
-    assert update["cpu"].norm() > 0
-    assert (update["cuda"] - update["cpu"]).norm() / update["cpu"].norm() < 0.05
+    update = updates(configs["cpu"], {device: run.output for device, run in runs.items()})
+    assert relative_gap(update["cuda"], update["cpu"]) < 0.05
     assert abs(runs["cpu"].metrics["top1"] - runs["cuda"].metrics["top1"]) < 1.0
     # and the GPU run's weights evaluate on the CPU to what it measured on the GPU
     on_cpu = evaluate_run(runs["cuda"].output, device="cpu", precision="fp32")
@@ -116,5 +121,5 @@ def test_torchrun_with_nccl_on_one_gpu_equals_the_single_process(tmp_path, fmnis
                "--master-port", "29531", "-m", "deit", *args]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert max_diff(load_file(str(single.output / "model.safetensors")),
-                    load_file(str(tmp_path / "ddp" / "model.safetensors"))) < 1e-2
+    update = updates(preset_config("fmnist-cpu", **flags), {"single": single.output, "ddp": tmp_path / "ddp"})
+    assert relative_gap(update["ddp"], update["single"]) < 0.05
