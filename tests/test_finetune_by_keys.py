@@ -70,8 +70,8 @@ def test_a_torchvision_state_dict_fits_its_architecture():
     state, changes = fit_by_keys("rn18.pth", source, model, "torchvision:resnet18")
     assert all(torch.equal(state[k], source[k]) for k in source if not k.startswith("fc."))
     assert state["fc.weight"].shape == (10, 512) and changes[-1]["action"] == "re-initialised"
-    with pytest.raises(ValueError, match="torchvision's resnet18 takes 3-channel images, not 1: use the "
-                                         "timm:resnet18 architecture"):
+    with pytest.raises(ValueError, match="torchvision's resnet18 takes 3-channel images, not 1: use RGB data or a "
+                                         "timm architecture"):
         create_model("torchvision:resnet18", in_chans=1)
 
 

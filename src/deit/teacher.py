@@ -38,21 +38,17 @@ def _input_size(model: nn.Module) -> tuple[int, int] | None:
 
 
 def _build_architecture(name: str, num_classes: int, in_chans: int) -> nn.Module:
-    from .models import list_models, create_model
+    """A bare architecture name: ours, else timm's, else torchvision's (deit.models builds theirs too)."""
+    import timm
+    import torchvision
+
+    from .models import create_model, list_models
 
     if name in list_models():
         return create_model(name, num_classes=num_classes, in_chans=in_chans)
-    import timm
-
-    if name in timm.list_models():
-        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
-    import torchvision
-
-    if name in torchvision.models.list_models():
-        if in_chans != 3:
-            raise ValueError(f"torchvision's {name} takes 3-channel images; the data has {in_chans}. "
-                             "Use a timm or deit architecture, or RGB data")
-        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    for library, known in (("timm", timm.is_model), ("torchvision", torchvision.models.list_models().__contains__)):
+        if known(name):
+            return create_model(f"{library}:{name}", num_classes=num_classes, in_chans=in_chans)
     raise ValueError(f"teacher {name!r} is neither a run directory nor a known architecture "
                      "(deit, timm or torchvision name)")
 

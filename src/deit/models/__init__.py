@@ -3,6 +3,6 @@ from .registry import (ExternalConfig, create_model, external_name, list_models,
                        model_from_spec, model_spec, register_model)
 from .vit import COMBINE_RULES, DeiTOutput, ViTConfig, VisionTransformer, combine_heads, count_parameters
 
-__all__ = ["ExternalConfig", "ResNetConfig", "SmallResNet", "create_model", "external_name", "list_models", "model_config", "model_family",
-           "model_from_spec", "model_spec", "register_model", "COMBINE_RULES", "DeiTOutput", "ViTConfig",
+__all__ = ["ExternalConfig", "ResNetConfig", "SmallResNet", "create_model", "external_name", "list_models",
+           "model_config", "model_family", "model_from_spec", "model_spec", "register_model", "COMBINE_RULES", "DeiTOutput", "ViTConfig",
            "VisionTransformer", "combine_heads", "count_parameters"]

@@ -111,8 +111,8 @@ def _build_external(config: ExternalConfig) -> nn.Module:
         import torchvision
 
         if config.in_chans != 3:
-            raise ValueError(f"torchvision's {config.arch} takes 3-channel images, not {config.in_chans}: use the "
-                             f"timm:{config.arch} architecture (it adapts its first convolution) or RGB data")
+            raise ValueError(f"torchvision's {config.arch} takes 3-channel images, not {config.in_chans}: use RGB "
+                             "data or a timm architecture (timm:NAME builds its first convolution for any channels)")
         if config.drop_path_rate is not None:
             raise ValueError(f"torchvision's {config.arch} has no stochastic depth option: leave --drop-path unset")
         model = torchvision.models.get_model(config.arch, weights=None, num_classes=config.num_classes)
