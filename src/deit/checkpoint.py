@@ -1,25 +1,18 @@
 """Model weights in and out: our run directories, official DeiT .pth files, timm state dicts and Hugging Face
 transformers DeiT/ViT checkpoints, all read into one key layout (official = timm = ours).
 
-Nothing here unpickles arbitrary objects: safetensors files carry no code, and torch files are read with
-`weights_only=True`, any other pickled Python object (the argparse.Namespace of official checkpoints) being
-replaced by an inert stand-in.
+Nothing here unpickles arbitrary objects: every file is read through deit.safe_read.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import pickle
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
@@ -36,6 +29,7 @@ from .models import (
     model_spec,
 )
 from .models.vit import to_2tuple
+from .safe_read import is_safetensors, read_json, read_safetensors, torch_load_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +50,6 @@ class LoadResult:
 
 
 # ----------------------------------------------------------------------------------------------- writing
-
-
-def _write_json(path: Path, data: dict) -> None:
-    write_json(path, data)
 
 
 def _write_safetensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
@@ -91,96 +81,26 @@ def save_model(model: nn.Module, run_dir, *, name: str | None = None, filename: 
     path = run_dir / filename
     _write_safetensors(path, model.state_dict(), {"format": "deit"})
     if not (run_dir / CONFIG_NAME).exists():  # the training code may already have written a fuller one
-        _write_json(run_dir / CONFIG_NAME, {"model": model_spec(model, name or registered_name(model))})
+        write_json(run_dir / CONFIG_NAME, {"model": model_spec(model, name or registered_name(model))})
     return path
 
 
 # ----------------------------------------------------------------------------------------------- reading
 
 
-class _StandIn:
-    """Takes the place of any pickled Python object in a torch file: nothing is imported, nothing is run."""
-
-    def __new__(cls, *args, **kwargs):
-        return super().__new__(cls)
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __setstate__(self, state):
-        pass
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return (text[0] if text else type(error).__name__)[:200]
-
-
-# Modules whose functions run commands or code: a pickle that names one is an attack, not a checkpoint, and is
-# refused outright (bare names are builtins: eval, exec, getattr, __import__). Other unknown globals (an
-# argparse.Namespace, a PosixPath) become inert stand-ins; either way nothing a file names is ever called.
-CODE_MODULES = frozenset({"os", "posix", "nt", "sys", "subprocess", "commands", "builtins", "__builtin__", "shutil",
-                          "importlib", "runpy", "pty", "socket", "ctypes", "pickle", "_pickle", "marshal", "code",
-                          "codeop", "webbrowser", "multiprocessing", "signal", "io", "_io", "tempfile", "pathlib.Path"})
-
-
-def _pickled_global(error: Exception) -> str | None:
-    """The global a weights-only load refused, as the file names it."""
-    found = re.search(r"GLOBAL (\S+?)(?: was not an allowed global| whose module)", str(error))
-    return found.group(1) if found else None
-
-
-def refuse_code(file: Path, name: str) -> None:
-    """ValueError when the pickled global `name` is one that runs code."""
-    module = name.split(".")[0]
-    if "." not in name or module in CODE_MODULES or name.rsplit(".", 1)[0] in CODE_MODULES:
-        raise ValueError(f"{file} holds pickled code (it calls {name}); refused, nothing in it was run. "
-                         "Load only checkpoints from sources you trust")
-
-
-def _torch_load(file: Path) -> Any:
-    stand_ins: list[str] = []
-    while True:
-        try:
-            with torch.serialization.safe_globals([(_StandIn, name) for name in stand_ins]):
-                return torch.load(file, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            found = _pickled_global(e)
-            if found is not None:
-                refuse_code(file, found)
-            if found is None or found in stand_ins:
-                raise ValueError(f"{file} is not a readable checkpoint: {_first_line(e)}") from None
-            stand_ins.append(found)
-        except Exception as e:  # truncated zip, garbage after a pickle header, ...
-            raise ValueError(f"{file} is not a readable checkpoint: {_first_line(e)}") from None
-
-
-def _read_safetensors(file: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    try:
-        with safe_open(str(file), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
-    except Exception as e:
-        raise ValueError(f"{file} is not a readable checkpoint: {_first_line(e)}") from None
-
-
-def _is_safetensors(head: bytes) -> bool:
-    # 8-byte little-endian header length, then the JSON header.
-    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 0
-
-
 def _read_weights_file(file: Path) -> tuple[dict[str, Tensor], str | None]:
     """(state dict as stored, format if the file itself says so)."""
     with open(file, "rb") as f:
         head = f.read(9)
-    if _is_safetensors(head):
-        state_dict, metadata = _read_safetensors(file)
+    if is_safetensors(head):
+        state_dict, metadata = read_safetensors(file)
         return state_dict, "deit" if metadata.get("format") == "deit" else None
     if file.suffix == ".safetensors":  # never read a file named safetensors as a pickle
         raise ValueError(f"{file} is not a safetensors file (its header is not one); the file is damaged or was "
                          "replaced: restore it or train again")
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch zip archive / legacy pickle
         raise ValueError(f"{file} is not a checkpoint: neither a safetensors nor a torch file")
-    obj = _torch_load(file)
+    obj = torch_load_weights_only(file)
     fmt = None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj, fmt = obj["model"], "official"  # {'model': ..., 'optimizer': ..., 'args': Namespace, ...}
@@ -199,16 +119,6 @@ def _strip_wrapper_prefixes(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
         if state_dict and all(k.startswith(prefix) for k in state_dict):
             state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
     return state_dict
-
-
-def _read_json(file: Path) -> dict:
-    try:
-        data = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{file} is not readable JSON: {_first_line(e)}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{file} does not hold a JSON object")
-    return data
 
 
 def _weights_file(path: Path) -> Path:
@@ -276,7 +186,7 @@ def _model_described_by(path: Path, state_dict: dict[str, Tensor]) -> nn.Module:
     config_file = path / CONFIG_NAME if path.is_dir() else path.with_name(CONFIG_NAME)
     # A config.json beside a file counts only for the standard weights file of that directory.
     if config_file.is_file() and (path.is_dir() or path.name in HF_WEIGHTS_NAMES):
-        config = _read_json(config_file)
+        config = read_json(config_file)
         if "model" in config:
             return model_from_spec(config["model"])
         if "model_type" in config:
@@ -347,7 +257,7 @@ RUN_WEIGHTS = ("model", "best", "ema")
 def is_run_dir(path) -> bool:
     """A run directory of `deit train` (or `save_model`): a config.json whose "model" entry rebuilds the model."""
     config_file = Path(path) / CONFIG_NAME
-    return config_file.is_file() and "model" in _read_json(config_file)
+    return config_file.is_file() and "model" in read_json(config_file)
 
 
 def load_run(run_dir, weights: str = "model") -> tuple[nn.Module, dict]:
@@ -360,7 +270,7 @@ def load_run(run_dir, weights: str = "model") -> tuple[nn.Module, dict]:
     weights_file = run_dir / f"{weights}.safetensors"
     if not weights_file.is_file():
         raise FileNotFoundError(f"{weights_file} does not exist (choose --weights among those the run saved)")
-    config = _read_json(run_dir / CONFIG_NAME)
+    config = read_json(run_dir / CONFIG_NAME)
     model = model_from_spec(config["model"])
     load_checkpoint(weights_file, model)
     return model, config
@@ -415,5 +325,5 @@ def convert_checkpoint(src, dst, *, layout: str = "deit", model: str | None = No
         log.info("the HF model averages the two heads' logits; combine=%r is not kept", net.config.combine)
     dst.mkdir(parents=True, exist_ok=True)
     _write_safetensors(dst / "model.safetensors", deit_to_hf(net.state_dict()), {"format": "pt"})
-    _write_json(dst / CONFIG_NAME, hf_config(net.config))
+    write_json(dst / CONFIG_NAME, hf_config(net.config))
     return dst

@@ -24,7 +24,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import CONFIG_NAME, _read_json, is_run_dir, load_state_dict
+from .checkpoint import CONFIG_NAME, is_run_dir, load_state_dict
+from .safe_read import read_json
 from .hf_layout import vit_config_from_hf
 from .models import ViTConfig, VisionTransformer, list_models, model_config, model_family
 
@@ -84,7 +85,7 @@ def read_source(path, vit: bool = True) -> Source:
         return Source(str(path), fmt, state_dict, None, None, None)
     config_file = path / CONFIG_NAME if path.is_dir() else None
     if config_file is not None and config_file.is_file():
-        saved = _read_json(config_file)
+        saved = read_json(config_file)
         if is_run_dir(path):
             spec = saved["model"]
             if spec.get("family") != "vit":  # fitted key by key (deit.finetune_by_keys); --model is its name

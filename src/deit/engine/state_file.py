@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..safe_read import first_line, pickled_global, refuse_code
+
 FORMAT = 2  # 1: written by plain torch.save of the raw RNG states (no "format" key)
 REQUIRED = ("model", "optimizer", "scaler", "epoch", "batch", "step", "best_top1", "epoch_sums", "rng")
 
@@ -102,7 +104,6 @@ def save_state(state: dict, path: Path) -> None:
 def read_state(path: Path, device: torch.device | str = "cpu") -> dict:
     """The state in `path`, as Trainer.load_state_dict takes it; a ValueError naming the file for anything that
     is not a training state of a version this code reads (a crafted pickle is refused and nothing in it runs)."""
-    from ..checkpoint import _first_line, _pickled_global, refuse_code
 
     path = Path(path)
     try:
@@ -110,14 +111,14 @@ def read_state(path: Path, device: torch.device | str = "cpu") -> dict:
         with torch.serialization.safe_globals(_numpy_globals()):
             state = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:
-        name = _pickled_global(e)
+        name = pickled_global(e)
         if name is not None:
             refuse_code(path, name)
             raise ValueError(f"{path} holds a pickled {name}, which no training state does; refused, nothing in "
                              "it was run") from None
-        raise ValueError(f"{path} is not a readable training state: {_first_line(e)}") from None
+        raise ValueError(f"{path} is not a readable training state: {first_line(e)}") from None
     except Exception as e:  # truncated or not a torch file at all
-        raise ValueError(f"{path} is not a readable training state: {_first_line(e)}") from None
+        raise ValueError(f"{path} is not a readable training state: {first_line(e)}") from None
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED):
         raise ValueError(f"{path} is not a training state of `deit train` (it lacks "
                          f"{', '.join(k for k in REQUIRED if not isinstance(state, dict) or k not in state)})")
