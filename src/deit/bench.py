@@ -10,13 +10,8 @@ the faster of the two is the baseline), the default torch.optim.AdamW.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import ctypes
-import gc
 import math
-import os
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -28,6 +23,7 @@ from torch import nn
 from .engine.optim import make_optimizer_fast
 from .engine.precision import autocast, precision_dtype
 from .losses import DistillationLoss
+from .machine import machine_info, matmul_peak_tflops, measure_peak_memory_mb, sync
 from .models import create_model, model_family
 from .models.registry import EXTERNAL_LIBRARIES
 from .models.vit import DeiTOutput
@@ -86,103 +82,6 @@ class Candidate:
     info: Optional[dict] = None
 
 
-# ------------------------------------------------------------------------------------------ machine
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def machine_info(device: torch.device) -> dict:
-    info = {"device": device.type, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "python": platform.python_version()}
-    try:
-        import timm
-
-        info["timm"] = timm.__version__
-    except ImportError:
-        pass
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        return info
-    flags, model_name = set(), platform.processor()
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model_name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    info.update(cpu=model_name, cores=os.cpu_count(), isa=torch.backends.cpu.get_cpu_capability(),
-                avx512_bf16="avx512_bf16" in flags, amx_bf16="amx_bf16" in flags)
-    return info
-
-
-def matmul_peak_tflops(dtype: torch.dtype, device: torch.device, n: Optional[int] = None, reps: int = 5,
-                       max_seconds: float = 0.25) -> float:
-    """Achieved TFLOP/s of an n x n matmul in `dtype`: the machine's practical peak for MFU (median of reps).
-    Without n: 8192 on CUDA, 2048 on a CPU, shrunk (by halves, down to 256) until one product takes at most
-    max_seconds, so that a dtype the CPU only emulates (bf16 without bf16 instructions: 100x slower) does not
-    take minutes."""
-    if n is None:
-        n = 8192 if device.type == "cuda" else 2048
-        while n > 256 and _matmul_seconds(n // 4, dtype, device) * 64 > max_seconds:
-            n //= 2
-    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-    times = []
-    for i in range(reps + 2):
-        _sync(device)
-        start = time.perf_counter()
-        a @ b
-        _sync(device)
-        if i >= 2:
-            times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times) / 1e12
-
-
-def _matmul_seconds(n: int, dtype: torch.dtype, device: torch.device) -> float:
-    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-    a @ b  # first call: allocation, kernel choice
-    _sync(device)
-    start = time.perf_counter()
-    a @ b
-    _sync(device)
-    return time.perf_counter() - start
-
-
-# ------------------------------------------------------------------------------------------- memory
-def _proc_status_kb(key: str) -> Optional[int]:
-    with contextlib.suppress(OSError):
-        for line in open("/proc/self/status"):
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return None
-
-
-def measure_peak_memory_mb(step: Callable[[], None], device: torch.device) -> Optional[float]:
-    """CUDA: torch.cuda.max_memory_allocated over one step (weights, optimizer state and activations).
-    CPU: growth of the resident set over one step (peak RSS after resetting the high-water mark, minus RSS
-    before): activations and temporaries, not what was already resident. None where Linux's /proc is absent."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # return freed heap pages so they count again
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset VmHWM to the current RSS
-    except OSError:
-        return None
-    before = _proc_status_kb("VmRSS")
-    step()
-    peak = _proc_status_kb("VmHWM")
-    if before is None or peak is None:
-        return None
-    return max(0, peak - before) / 1024
-
-
 # -------------------------------------------------------------------------------------------- FLOPs
 def count_flops(fn: Callable[[], None]) -> int:
     """FLOPs of the matmuls, convolutions and attention that `fn` runs (torch.utils.flop_counter)."""
@@ -217,17 +116,17 @@ def timm_equivalent(model: nn.Module) -> nn.Module:
 def _time_candidates(cands: list[Candidate], cfg: BenchConfig, device: torch.device) -> dict[str, dict]:
     out = {}
     for c in cands:  # first call (compilation, caches), then warm-up; calibrate steps per window
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         c.step()
-        _sync(device)
+        sync(device)
         first = time.perf_counter() - start
         for _ in range(cfg.warmup):
             c.step()
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         c.step()
-        _sync(device)
+        sync(device)
         one = time.perf_counter() - start
         steps = max(1, math.ceil(cfg.min_window_s / max(one, 1e-9)))
         out[c.name] = {"first_call_s": first, "steps_per_window": steps, "windows_s": [], "teacher_s": []}
@@ -236,11 +135,11 @@ def _time_candidates(cands: list[Candidate], cfg: BenchConfig, device: torch.dev
             r = out[c.name]
             if c.teacher_time is not None:
                 c.teacher_time.clear()
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             for _ in range(r["steps_per_window"]):
                 c.step()
-            _sync(device)
+            sync(device)
             r["windows_s"].append(time.perf_counter() - start)
             if c.teacher_time is not None:
                 r["teacher_s"].append(sum(c.teacher_time))
@@ -367,12 +266,12 @@ def _train_candidates(base: nn.Module, cfg: BenchConfig, device, x, y) -> list[C
         def step():
             teacher_logits = None
             if teacher is not None:
-                _sync(device)
+                sync(device)
                 start = time.perf_counter()
                 with torch.no_grad(), _autocast(device, teacher_dtype):
                     out = teacher(x)
                     teacher_logits = out.logits if hasattr(out, "logits") else out
-                _sync(device)
+                sync(device)
                 times.append(time.perf_counter() - start)
             with _autocast(device, dtype):
                 cls_logits, dist_logits = unpack(model(x))

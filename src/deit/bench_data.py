@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .machine import cpu_info
 
 RECIPE = dict(scale=(0.08, 1.0), hflip=0.5, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25)
 
@@ -160,7 +161,7 @@ def run_loader_bench(cfg: LoaderBenchConfig, log=print) -> dict:
     result = {"config": {**cfg.__dict__, "candidates": list(cfg.candidates), "timed_batches": timed},
               "images_per_s": medians, "per_worker": {k: v / cfg.workers for k, v in medians.items()},
               "worker_cpu_ms_per_image": {k: 1e3 * v for k, v in cpu_medians.items()},
-              "windows": rates, "peak_pss_gb": {k: max(v) / 2**30 for k, v in pss.items()}, "cpu": _cpu_model()}
+              "windows": rates, "peak_pss_gb": {k: max(v) / 2**30 for k, v in pss.items()}, "cpu": cpu_info()[0]}
     if "timm" in medians:
         # images/s ratio of the medians; the median of each window's ratio to timm's window next to it (less
         # sensitive to load that changes between windows); timm's worker CPU per image over ours (load-insensitive)
@@ -169,16 +170,6 @@ def run_loader_bench(cfg: LoaderBenchConfig, log=print) -> dict:
                                           for k in medians if k != "timm"}
         result["cpu_ratio_vs_timm"] = {k: cpu_medians["timm"] / v for k, v in cpu_medians.items() if k != "timm"}
     return result
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def format_loader_report(result: dict) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import platform
 import statistics
 import time
 from dataclasses import dataclass
@@ -14,6 +13,8 @@ from typing import Optional
 
 import torch
 from torch import nn
+
+from ..machine import cpu_info
 
 # The one precision table: name -> the dtype of the computation (fp32: no autocast).
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -86,18 +87,10 @@ class PrecisionProbe:
                 "cached": self.cached}
 
 
-def cpu_model_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def probe_key(model_name: str, input_shape: tuple[int, ...]) -> str:
     """Machine (its name and vector ISA: two EPYC generations share a name), torch version, threads and the
     step's shape: a cached answer is reused only for the same step."""
-    return "|".join([cpu_model_name(), torch.backends.cpu.get_cpu_capability(), torch.__version__,
+    return "|".join([cpu_info()[0], torch.backends.cpu.get_cpu_capability(), torch.__version__,
                      f"threads={torch.get_num_threads()}", model_name,
                      "x".join(map(str, input_shape))])
 
