@@ -105,6 +105,9 @@ def test_model_spec_round_trip_and_unknown_names():
     torch.testing.assert_close(again.eval()(x), model(x))
     with pytest.raises(ValueError, match="timm has no architecture 'no_such_net'"):
         create_model("timm:no_such_net")
+    spec = dict(model_spec(model), config=dict(model_spec(model)["config"], arch="no_such_net"))
+    with pytest.raises(ValueError, match="timm has no architecture 'no_such_net'"):  # a config.json naming it
+        model_from_spec(spec)
 
 
 @pytest.mark.parametrize("model, message", [

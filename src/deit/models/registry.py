@@ -177,8 +177,10 @@ def model_spec(model: nn.Module, name: str | None = None) -> dict[str, Any]:
 def model_from_spec(spec: dict[str, Any]) -> nn.Module:
     """Inverse of `model_spec`."""
     family = spec.get("family")
-    if family in EXTERNAL_LIBRARIES:
-        return _build_external(ExternalConfig(**spec["config"]))
+    if family in EXTERNAL_LIBRARIES:  # checked first: a config.json may name what this timm lacks
+        config = ExternalConfig(**spec["config"])
+        _check_external(config.library, config.arch)
+        return _build_external(config)
     if family not in _FAMILIES:
         raise ValueError(f"model spec has unknown family {family!r}; expected one of "
                          f"{sorted(_FAMILIES) + list(EXTERNAL_LIBRARIES)}")
