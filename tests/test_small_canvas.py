@@ -134,7 +134,14 @@ def test_hard_vs_soft_says_when_it_rests_on_one_seed():
     one = target_lines({"teachers": {}, "rows": {"hard": runs(74.5), "soft": runs(72.7)}})
     assert one[-1] == "| hard ≥ soft (class head) | +1.80 (one seed) | yes, so far |"
     two = target_lines({"teachers": {}, "rows": {"hard": runs(74.0, 71.0), "soft": runs(72.0, 73.5)}})
-    assert two[-1] == "| hard ≥ soft (class head) | -0.25 (larger seed std 2.12) | no |"  # stdev(74, 71) = 2.121
+    assert two[-1] == ("| hard ≥ soft (class head) | -0.25 (larger seed std 2.12) | no by the means, within "
+                       "2 × seed std (4.24): not beyond noise |")  # stdev(74, 71) = 2.121
+    clear = target_lines({"teachers": {}, "rows": {"hard": runs(75.0, 76.0), "soft": runs(72.0, 71.0)}})
+    assert clear[-1] == "| hard ≥ soft (class head) | +4.00 (larger seed std 0.71) | yes |"
+    close = target_lines({"teachers": {}, "rows": {"token-cnn-matched": runs(73.72, 72.48),
+                                                   "token-vit-teacher": runs(73.21, 72.71)}})
+    assert close[-1] == ("| convnet teacher > transformer teacher at matched accuracy (token, class+dist) | +0.14 "
+                         "(larger seed std 0.88) | yes by the means, within 2 × seed std (1.75): not beyond noise |")
 
 
 def test_rows_and_seeds_name_runs_of_the_study_or_say_which_exist():

@@ -179,11 +179,15 @@ def target_lines(results: dict) -> list[str]:
 
 def _comparison(gain: tuple[float, float | None], holds: bool) -> str:
     """The measured and met cells of a target that compares two rows' means: with the seed spread beside the
-    difference, or said to rest on one seed."""
+    difference, or said to rest on one seed. The met cell says when the difference is within twice the larger
+    seed std (the token target's noise bar): an order of means that noise could reverse is not a finding."""
     difference, std = gain
+    verdict = "yes" if holds else "no"
     if std is None:
-        return f"{difference:+.2f} (one seed) | {'yes' if holds else 'no'}, so far"
-    return f"{difference:+.2f} (larger seed std {std:.2f}) | {'yes' if holds else 'no'}"
+        return f"{difference:+.2f} (one seed) | {verdict}, so far"
+    if abs(difference) <= 2 * std:
+        verdict += f" by the means, within 2 × seed std ({2 * std:.2f}): not beyond noise"
+    return f"{difference:+.2f} (larger seed std {std:.2f}) | {verdict}"
 
 
 def _mean_top1(runs: list[dict]) -> float | None:
