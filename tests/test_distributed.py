@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -38,11 +39,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(args: list[str], nproc: int = 2, env: dict | None = None, timeout: int = 300):
+# A rank killed by a signal from native code, not by our Python: once in CI (2026-11-30) rank 1 of a 2-rank
+# gloo run aborted ("terminate called without an active exception"), never in 55 runs on the session machine.
+NATIVE_CRASH = ("Signal 6 (SIGABRT)", "Signal 11 (SIGSEGV)")
+
+
+def launch(args: list[str], nproc: int, env: dict | None, timeout: int) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
                "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "deit", *args]
+    # faulthandler: a rank that dies by a signal prints every thread's Python stack (where it was).
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1", **(env or {})})
+
+
+def torchrun(args: list[str], nproc: int = 2, env: dict | None = None, timeout: int = 300):
+    """The run, launched again once when a rank died by a native crash (reported as a warning with its
+    stacks); a second crash, or any other failure, is the result the test sees."""
+    result = launch(args, nproc, env, timeout)
+    if result.returncode != 0 and any(sign in result.stderr for sign in NATIVE_CRASH):
+        warnings.warn(f"torchrun: a rank crashed in native code; launching once more. Its output:\n"
+                      f"{result.stdout[-2000:]}\n{result.stderr[-6000:]}")
+        if "--output" in args:  # a fresh start: the crashed run may have left a run there
+            shutil.rmtree(args[args.index("--output") + 1], ignore_errors=True)
+        result = launch(args, nproc, env, timeout)
+    return result
+
+
+def failure(result: subprocess.CompletedProcess) -> str:
+    return f"exit {result.returncode}\n--- stdout\n{result.stdout[-2000:]}\n--- stderr\n{result.stderr[-4000:]}"
 
 
 def single(fmnist_dir, output, resume=None, stop=None):
@@ -63,7 +87,7 @@ def max_diff(a: dict, b: dict) -> float:
 def runs(tmp_path_factory, fmnist_dir):
     tmp = tmp_path_factory.mktemp("ddp")
     result = torchrun(train_args(fmnist_dir, tmp / "two"))
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, failure(result)
     single(fmnist_dir, tmp / "one")
     return tmp
 
@@ -87,7 +111,7 @@ def test_two_ranks_accumulating_micro_batches_equal_one_process(runs, fmnist_dir
     no_sync before the last micro-batch; reduced on the wrong one, the ranks' weights would part): still the
     single process's run."""
     result = torchrun(train_args(fmnist_dir, runs / "two-accum", accum_steps=2))
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, failure(result)
     assert max_diff(weights(runs / "one"), weights(runs / "two-accum")) < WEIGHT_TOL
     assert "8 steps an epoch (each 2 micro-batches of 8 a process)" in result.stdout
     config = json.loads((runs / "two-accum" / "config.json").read_text())
@@ -124,11 +148,11 @@ def test_rank_shards_are_disjoint_and_make_up_the_global_batch(fmnist_dir, repea
 
 def test_resume_with_two_ranks_is_bit_exact_and_with_one_close(runs, fmnist_dir):
     stopped = torchrun(train_args(fmnist_dir, runs / "split") + ["--stop-after-steps", "5"])
-    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    assert stopped.returncode == 0, failure(stopped)
     assert "continue with: deit train --resume" in stopped.stdout
     shutil.copytree(runs / "split", runs / "split1")  # the same stopped run, to be continued by 1 process
     resumed = torchrun(["train", "--resume", str(runs / "split")])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, failure(resumed)
     assert max_diff(weights(runs / "split"), weights(runs / "two")) == 0.0
     # Saved by 2 ranks, continued by 1 process: the same run, up to the all-reduce's rounding.
     single(fmnist_dir, runs / "split1", resume=runs / "split1")

@@ -112,11 +112,16 @@ class Runtime:
         dist.all_gather_object(out, obj)
         return out
 
-    def close(self) -> None:
+    def close(self, wait_for_all: bool = False) -> None:
+        """Leave the process group. wait_for_all (a run that ended normally): a barrier first, so that no
+        process tears its connections down while another still has traffic on them. Never after an error:
+        the other processes may not get there (torchrun stops them)."""
         if self.distributed:
             import torch.distributed as dist
 
             if dist.is_initialized():
+                if wait_for_all:
+                    dist.barrier(device_ids=[self.local_rank] if self.device.type == "cuda" else None)
                 dist.destroy_process_group()
 
 

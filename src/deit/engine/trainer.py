@@ -552,18 +552,26 @@ def fit(config: TrainConfig | None, resume: str | Path | None = None,
     check_writable(run_dir)
     rt = setup_runtime(config.device, config.precision, config.threads, config.deterministic)
     try:
-        recorded = (read_run_config(run_dir) or {}).get("precision") if resume is not None else None
-        trainer = Trainer(config, run_dir, rt, recorded_precision=recorded)
-        if resume is not None:
-            trainer.load_state_dict(load_state(run_dir, rt.device))
-            trainer.restore_schedule((read_run_config(run_dir) or {}).get("schedule"))
-            trainer.writer.keep_log_until(trainer.epoch)
-        else:
-            trainer.writer.start(trainer.run_config())
-            trainer.save(0, 0)  # resumable from the start: a crash in the first epoch loses nothing
-        return trainer.fit(stop_after_steps)
-    finally:
+        result = _train(config, run_dir, rt, resume, stop_after_steps)
+    except BaseException:
         rt.close()
+        raise
+    # The Trainer (and DDP's hold on the process group) is gone: every process leaves together.
+    rt.close(wait_for_all=True)
+    return result
+
+
+def _train(config: TrainConfig, run_dir: Path, rt: Runtime, resume, stop_after_steps: int | None) -> RunResult:
+    recorded = (read_run_config(run_dir) or {}).get("precision") if resume is not None else None
+    trainer = Trainer(config, run_dir, rt, recorded_precision=recorded)
+    if resume is not None:
+        trainer.load_state_dict(load_state(run_dir, rt.device))
+        trainer.restore_schedule((read_run_config(run_dir) or {}).get("schedule"))
+        trainer.writer.keep_log_until(trainer.epoch)
+    else:
+        trainer.writer.start(trainer.run_config())
+        trainer.save(0, 0)  # resumable from the start: a crash in the first epoch loses nothing
+    return trainer.fit(stop_after_steps)
 
 
 def fit_or_reuse(config: TrainConfig) -> RunResult:
