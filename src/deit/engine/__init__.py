@@ -2,7 +2,8 @@
 Trainer and its run directory, evaluation."""
 
 from .evaluate import evaluate, evaluate_run, metrics_from_predictions, predict
-from .trainer import RunResult, Trainer, fit, fit_or_reuse
+from .fit import fit, fit_or_reuse
+from .trainer import RunResult, Trainer
 
 __all__ = ["RunResult", "Trainer", "evaluate", "evaluate_run", "fit", "fit_or_reuse", "metrics_from_predictions",
            "predict"]

@@ -1,4 +1,4 @@
-"""The training run: `fit(config)` is what `deit train` calls.
+"""The Trainer: one run's training loop (`deit train` starts it through engine/fit.py).
 
 A Trainer is set up once (data, student, teacher, optimiser, loaders, schedule), then `fit` loops epochs of
 `train_step`, evaluates, and saves through the run directory's writer. The same code runs in one process or
@@ -20,14 +20,13 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..faults import fault_point
-from ..fileio import check_writable
 from ..finetune import apply as apply_finetune, prepare as prepare_finetune
 from ..losses import LossOutput
 from .budget import BudgetPlan, calibration_steps, plan_schedule
 from .evaluate import evaluate, predict
 from .optim import build_optimizer, lr_at, scaled_lr
-from .run_dir import (STATE, RunWriter, default_output, load_state, read_log, read_run_config)
-from .runtime import Runtime, rng_state, seed_everything, set_rng_state, setup_runtime
+from .run_dir import STATE, RunWriter, read_log
+from .runtime import Runtime, rng_state, seed_everything, set_rng_state
 from .task import DistillationTask, SeededMixup, build_criterion
 
 
@@ -516,81 +515,3 @@ class Trainer:
         })
         self.writer.finish(metrics)
         return RunResult(self.run_dir, metrics)
-
-
-def _resolve_run(config: TrainConfig | None, resume) -> tuple[TrainConfig, Path]:
-    if resume is None:
-        run_dir = Path(config.output) if config.output else default_output(config)
-        if (run_dir / STATE).exists():
-            raise ValueError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it "
-                             "or choose another --output")
-        return config, run_dir
-    run_dir = Path(resume)
-    saved = read_run_config(run_dir)
-    if saved is None or not (run_dir / STATE).exists():
-        raise FileNotFoundError(f"{run_dir} is not a resumable run (needs config.json and state.pt)")
-    try:
-        saved_config = TrainConfig.from_dict(saved["train"])
-    except ValueError as e:  # written by another version of deit (options it has and this one lacks)
-        raise ValueError(f"{run_dir} cannot be resumed by this version of deit: {e}") from None
-    if config is None:
-        return saved_config, run_dir
-    # Execution-only settings may change on resume; everything that shapes the result may not.
-    return saved_config.replace(**{k: getattr(config, k) for k in TrainConfig.execution_only()}), run_dir
-
-
-def fit(config: TrainConfig | None, resume: str | Path | None = None,
-        stop_after_steps: int | None = None) -> RunResult:
-    """Train `config` to the end, or resume the run in `resume` (with `config`, only its execution-only
-    settings apply: threads, progress, ...). `stop_after_steps` stops early, leaving a resumable run (used
-    to test exact resume and to split long runs)."""
-    from .runtime import launched_ranks
-
-    config, run_dir = _resolve_run(config, resume)
-    # Everything that can be refused is checked before any training: cheap checks first.
-    check_config(config, world_size=launched_ranks()[0])
-    check_writable(run_dir)
-    rt = setup_runtime(config.device, config.precision, config.threads, config.deterministic)
-    try:
-        result = _train(config, run_dir, rt, resume, stop_after_steps)
-    except BaseException:
-        rt.close()
-        raise
-    # The Trainer (and DDP's hold on the process group) is gone: every process leaves together.
-    rt.close(wait_for_all=True)
-    return result
-
-
-def _train(config: TrainConfig, run_dir: Path, rt: Runtime, resume, stop_after_steps: int | None) -> RunResult:
-    recorded = (read_run_config(run_dir) or {}).get("precision") if resume is not None else None
-    trainer = Trainer(config, run_dir, rt, recorded_precision=recorded)
-    if resume is not None:
-        trainer.load_state_dict(load_state(run_dir, rt.device))
-        trainer.restore_schedule((read_run_config(run_dir) or {}).get("schedule"))
-        trainer.writer.keep_log_until(trainer.epoch)
-    else:
-        trainer.writer.start(trainer.run_config())
-        trainer.save(0, 0)  # resumable from the start: a crash in the first epoch loses nothing
-    return trainer.fit(stop_after_steps)
-
-
-def fit_or_reuse(config: TrainConfig) -> RunResult:
-    """Train `config` into config.output, reusing a finished run of the same settings and resuming an
-    interrupted one; a directory holding a run of other settings is refused."""
-    import json
-
-    run_dir = Path(config.output)
-    saved_run = read_run_config(run_dir)
-    if saved_run is not None:
-        saved, ours = TrainConfig.from_dict(saved_run["train"]).to_dict(), config.to_dict()
-        differing = [k for k, v in ours.items() if saved[k] != v and k not in TrainConfig.execution_only()]
-        if differing:
-            raise ValueError(f"{run_dir} holds a run with other settings ({', '.join(differing)}); "
-                             "delete it or choose another output directory")
-        if (run_dir / "metrics.json").exists():
-            print(f"reusing the finished run in {run_dir}", flush=True)
-            return RunResult(run_dir, json.loads((run_dir / "metrics.json").read_text()))
-        if (run_dir / STATE).exists():
-            print(f"resuming the interrupted run in {run_dir}", flush=True)
-            return fit(config, resume=run_dir)
-    return fit(config)
