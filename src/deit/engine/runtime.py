@@ -152,6 +152,12 @@ def setup_runtime(device: str = "auto", precision: str = "auto", threads: Option
         if torch_device.type == "cuda":
             torch.cuda.set_device(torch_device)
         if not dist.is_initialized():
+            # torch.distributed.nn.functional binds group.WORLD as a default argument when first imported (DDP
+            # imports it). Imported after the group exists, it holds the group for good: gloo's threads outlive
+            # destroy_process_group into interpreter shutdown, where their teardown can abort the process
+            # ("terminate called without an active exception"). Imported first, its defaults are None.
+            import torch.distributed.nn.functional as _defaults_bound_now  # noqa: F401
+
             # A rank that fails ends the job (torchrun stops the others); the timeout bounds a silent hang.
             dist.init_process_group("nccl" if torch_device.type == "cuda" else "gloo", rank=rank,
                                     world_size=world_size, timeout=datetime.timedelta(minutes=30))
