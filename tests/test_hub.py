@@ -1,0 +1,249 @@
+"""Weights by name (deit.hub): hf-hub:ORG/NAME[@REVISION] and timm:NAME[.TAG], resolved offline from a hub cache
+these tests build on disk in the hub's own layout (refs/, snapshots/<commit>/, blobs/) from models made here: a
+3-block width-96 transformers DeiT (no registered name has that size), a second revision of it, a BERT config, and
+timm's test_vit. Checked against transformers' and timm's logits; bad names are one line before any data."""
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from deit.cli import main as cli_main
+
+from conftest import perturb_
+
+transformers = pytest.importorskip("transformers")
+
+REPO = "acme/deit-w96-d3"
+SPELLED = "vit_w96_d3_h3_mlp384_p8_distilled"
+COMMITS = {"v1": "1" * 40, "main": "2" * 40}
+CLASSES = ("cat", "dog")
+
+
+def put_in_cache(cache: Path, repo: str, commit: str, files: dict[str, bytes], refs=()) -> Path:
+    """One commit of a model repo, as huggingface_hub lays out its cache: blobs named by their sha256, snapshot
+    entries linked to them, refs/<name> holding the commit."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    for name, data in files.items():
+        blob = folder / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = folder / "snapshots" / commit / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    for ref in refs:
+        (folder / "refs").mkdir(parents=True, exist_ok=True)
+        (folder / "refs" / ref).write_text(commit)
+    return folder / "snapshots" / commit
+
+
+def saved_files(save, tmp: Path) -> dict[str, bytes]:
+    tmp.mkdir(parents=True)
+    save(tmp)
+    return {f.name: f.read_bytes() for f in tmp.iterdir()}
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    """The cache folder and the models in it: revision -> transformers DeiT, and timm's test_vit."""
+    import timm
+    from timm.models._hub import save_for_hf
+
+    tmp = tmp_path_factory.mktemp("hub")
+    cache = tmp / "cache"
+    config = transformers.DeiTConfig(hidden_size=96, num_hidden_layers=3, num_attention_heads=3,
+                                     intermediate_size=384, image_size=32, patch_size=8, num_channels=3, num_labels=2,
+                                     layer_norm_eps=1e-6)  # as DeiT was trained (and ours is); the Hub's say 1e-12
+    torch.manual_seed(0)
+    deits = {}
+    for seed, (ref, commit) in enumerate(COMMITS.items()):
+        model = perturb_(transformers.DeiTForImageClassificationWithTeacher(config), seed=seed)
+        put_in_cache(cache, REPO, commit, saved_files(model.save_pretrained, tmp / ref), refs=[ref])
+        deits[ref] = model
+    bert = {"model_type": "bert", "architectures": ["BertForMaskedLM"], "hidden_size": 96}
+    put_in_cache(cache, "acme/bert", "3" * 40, {"config.json": json.dumps(bert).encode()}, refs=["main"])
+    vit = perturb_(timm.create_model("test_vit"), seed=3)
+    files = saved_files(lambda d: save_for_hf(vit, str(d), safe_serialization=True), tmp / "timm")
+    put_in_cache(cache, "timm/test_vit.r160_in1k", "4" * 40, files, refs=["main"])
+    return cache, deits, vit
+
+
+@pytest.fixture
+def offline(hub, monkeypatch):
+    """This process sees the test cache, offline (huggingface_hub reads its environment once, at import)."""
+    from huggingface_hub import constants
+
+    cache = hub[0]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """root/{train,val}/{cat,dog}/*.png: 32-px RGB images, one colour per class with noise."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("photos")
+    gen = torch.Generator().manual_seed(0)
+    for split, count in (("train", 8), ("val", 4)):
+        for c, name in enumerate(CLASSES):
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                pixels = (torch.rand(32, 32, 3, generator=gen) * 100 + 120 * c).to(torch.uint8)
+                Image.fromarray(pixels.numpy()).save(root / split / name / f"{i}.png")
+    return root
+
+
+def hf_logits(model, x):
+    with torch.no_grad():
+        return model(pixel_values=x).logits
+
+
+# ---------------------------------------------------------------------------------------------- resolving
+
+
+@pytest.mark.parametrize("revision", ["", "@main", "@v1", "@" + COMMITS["v1"]])
+def test_a_name_resolves_to_the_cached_snapshot_with_its_provenance(offline, revision):
+    from deit.hub import resolve
+
+    hub = resolve(f"hf-hub:{REPO}{revision}")
+    commit = COMMITS["v1"] if "1" in revision else COMMITS["main"]
+    snapshot = offline / f"models--{REPO.replace('/', '--')}" / "snapshots" / commit
+    assert hub.directory == snapshot and hub.path == snapshot and hub.commit == commit
+    assert hub.file == "model.safetensors" and hub.revision == (revision[1:] or "main")
+    assert hub.sha256 == hashlib.sha256((snapshot / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_each_revision_reads_its_own_tensors_and_any_size_gives_transformers_logits(hub, offline):
+    """A 3-block width-96 DeiT, which no registered name matches, builds from its config.json alone."""
+    from deit.finetune import adapt_state_dict, read_source, source_model_name
+    from deit.models import create_model
+
+    _, deits, _ = hub
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for revision in ("v1", "main"):
+        name = f"hf-hub:{REPO}@{revision}"
+        assert source_model_name(name) == SPELLED
+        source = read_source(name)
+        assert source.hub["commit"] == COMMITS[revision] and source.path == name
+        student = create_model(SPELLED, num_classes=2, img_size=32).eval()
+        state_dict, changes = adapt_state_dict(source, student)
+        assert [c["action"] for c in changes] == ["kept"]
+        student.load_state_dict(state_dict)
+        torch.testing.assert_close(student(x).logits, hf_logits(deits[revision], x), rtol=0, atol=1e-5)
+
+
+def test_the_environment_chooses_the_cache(hub, tmp_path):
+    """HF_HOME and HF_HUB_CACHE, read by huggingface_hub in a fresh process as a user sets them."""
+    cache = hub[0]
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "hub").symlink_to(cache)
+    code = f"from deit.hub import resolve; print(resolve('hf-hub:{REPO}@v1').directory)"
+    src = str(Path(__file__).parents[1] / "src")
+    for env in ({"HF_HOME": str(tmp_path / "home")}, {"HF_HUB_CACHE": str(cache)}):
+        base = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**base, **env, "HF_HUB_OFFLINE": "1", "PYTHONPATH": src})
+        assert out.stdout.strip().endswith(f"snapshots/{COMMITS['v1']}"), (env, out)
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def test_fine_tuning_by_name_starts_from_those_tensors(hub, offline, folder, tmp_path, capsys):
+    from deit.engine.run_dir import load_state
+    from deit.hf_layout import hf_to_deit
+    from deit.models import create_model
+
+    _, deits, _ = hub
+    out = tmp_path / "run"
+    assert cli_main(["train", "--finetune", f"hf-hub:{REPO}@v1", "--data", f"imagefolder:{folder}", "--img-size",
+                     "32", "--cache-images", "--linear-probe", "--preset", "fmnist-cpu", "--epochs", "1",
+                     "--batch-size", "4", "--warmup-epochs", "0", "--threads", "1", "--precision", "fp32",
+                     "--no-progress", "--output", str(out), "--stop-after-steps", "1"]) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads((out / "config.json").read_text())
+    record = saved["finetune"]["hub"]
+    snapshot = offline / f"models--{REPO.replace('/', '--')}" / "snapshots" / COMMITS["v1"]
+    assert record == {"source": f"hf-hub:{REPO}@v1", "repo": REPO, "revision": "v1", "commit": COMMITS["v1"],
+                      "file": "model.safetensors",
+                      "sha256": hashlib.sha256((snapshot / "model.safetensors").read_bytes()).hexdigest()}
+    assert f"finetune: hf-hub:{REPO}@v1 -> {REPO}@v1 (commit {COMMITS['v1']}), model.safetensors, sha256 " \
+           f"{record['sha256']}" in printed
+    assert saved["train"]["model"] == SPELLED and saved["train"]["finetune"] == f"hf-hub:{REPO}@v1"
+    # The linear probe froze the backbone: it is the source's, tensor for tensor; with the source's heads back
+    # the model gives transformers' logits.
+    trained = load_state(out, "cpu")["model"]  # after the one step
+    source = hf_to_deit(deits["v1"].state_dict())
+    heads = {k for k in trained if k.startswith(("head.", "head_dist."))}
+    for key in trained.keys() - heads:
+        assert torch.equal(trained[key], source[key]), key
+    model = create_model(SPELLED, num_classes=2, img_size=32).eval()
+    model.load_state_dict({**trained, **{k: source[k] for k in heads}})
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(model(x).logits, hf_logits(deits["v1"], x), rtol=0, atol=1e-5)
+
+
+@torch.no_grad()
+def test_timm_names_teach_with_timm_logits(hub, offline):
+    """timm:NAME.TAG as the teacher (the model its config.json names) and as --teacher-weights of an architecture."""
+    from deit.teacher import load_teacher
+
+    vit = hub[2].eval()
+    x = torch.randn(2, 3, 160, 160, generator=torch.Generator().manual_seed(2))
+    for spec, weights in (("timm:test_vit.r160_in1k", None), ("test_vit", "timm:test_vit")):
+        teacher, info = load_teacher(spec, weights, num_classes=1000, in_chans=3, img_size=(160, 160))
+        assert info["hub"]["repo"] == "timm/test_vit.r160_in1k" and info["hub"]["commit"] == "4" * 40
+        torch.testing.assert_close(teacher(x), vit(x), rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- bad names
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--finetune", "hf-hub:acme/missing"],
+     r"hf-hub:acme/missing: acme/missing is not in the Hugging Face cache \(.*\) and HF_HUB_OFFLINE is set: fetch "
+     r"it on a machine with network \(`hf download acme/missing`\), then copy"),
+    (["--finetune", f"hf-hub:{REPO}@v9"],
+     rf"revision 'v9' of {REPO} is not in the cache \(it holds 111111111111, 222222222222, main, v1\) and "
+     r"HF_HUB_OFFLINE is set: fetch it on a machine with network \(`hf download acme/deit-w96-d3 --revision v9`\)"),
+    (["--finetune", "hf-hub:acme/bert"],
+     r"hf-hub:acme/bert is a 'bert' model \(BertForMaskedLM\), not a DeiT/ViT .* it does not fit"),
+    (["--finetune", "hf-hub:deit-small"], r"a hub name is hf-hub:ORG/NAME\[@REVISION\]"),
+    (["--finetune", "timm:test_vit.no_such_tag"], r"timm has no pretrained weights of that name"),
+    (["--finetune", "timm:no_such_arch"], r"timm has no architecture 'no_such_arch'"),
+    (["--teacher", "hf-hub:acme/missing", "--distillation", "hard"], r"acme/missing is not in the Hugging Face cache"),
+    (["--teacher", "test_vit", "--teacher-weights", "timm:test_vit.no_such_tag", "--distillation", "hard"],
+     r"timm has no pretrained weights of that name"),
+])
+def test_a_bad_name_is_one_line_before_any_data(offline, tmp_path, capsys, flags, message):
+    args = ["train", *flags, "--data", f"imagefolder:{tmp_path / 'no_such_folder'}", "--img-size", "32",
+            "--output", str(tmp_path / "run")]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("deit train: error: ") and re.search(message, err[0]), err
+    assert not (tmp_path / "run").exists()  # refused before the data (a missing folder) and before any training
+
+
+def test_offline_with_nothing_cached_says_what_to_fetch(tmp_path):
+    """A fresh process with an empty cache, as a user meets it."""
+    src = str(Path(__file__).parents[1] / "src")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    out = subprocess.run([sys.executable, "-m", "deit", "train", "--finetune",
+                          "hf-hub:facebook/deit-small-distilled-patch16-224", "--data",
+                          f"imagefolder:{tmp_path / 'photos'}", "--img-size", "224"], capture_output=True, text=True,
+                         env={**base, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty"),
+                              "PYTHONPATH": src})
+    err = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(err) == 1, out
+    assert "facebook/deit-small-distilled-patch16-224 is not in the Hugging Face cache" in err[0]
+    assert "`hf download facebook/deit-small-distilled-patch16-224`" in err[0]
