@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,9 @@ def hub(tmp_path_factory):
     import timm
     from timm.models._hub import save_for_hf
 
+    from deit.checkpoint import save_model
+    from deit.models import create_model
+
     tmp = tmp_path_factory.mktemp("hub")
     cache = tmp / "cache"
     config = transformers.DeiTConfig(hidden_size=96, num_hidden_layers=3, num_attention_heads=3,
@@ -71,7 +75,15 @@ def hub(tmp_path_factory):
     vit = perturb_(timm.create_model("test_vit"), seed=3)
     files = saved_files(lambda d: save_for_hf(vit, str(d), safe_serialization=True), tmp / "timm")
     put_in_cache(cache, "timm/test_vit.r160_in1k", "4" * 40, files, refs=["main"])
-    return cache, deits, vit
+    # timm's DeiT names are ours too (the same keys): such a repo builds our ViT
+    timm_deit = perturb_(timm.create_model("deit_tiny_patch16_224", num_classes=5), seed=4)
+    files = saved_files(lambda d: save_for_hf(timm_deit, str(d), safe_serialization=True), tmp / "timm_deit")
+    put_in_cache(cache, "timm/deit_tiny_patch16_224.fb_in1k", "5" * 40, files, refs=["main"])
+    # a run of ours pushed to the hub as it is
+    ours = perturb_(create_model("deit_micro_distilled_patch4_32", num_classes=2), seed=5)
+    files = saved_files(lambda d: save_model(ours, d, name="deit_micro_distilled_patch4_32"), tmp / "run")
+    put_in_cache(cache, "acme/deit-run", "6" * 40, files, refs=["main"])
+    return cache, deits, vit, timm_deit, ours
 
 
 @pytest.fixture
@@ -128,7 +140,7 @@ def test_each_revision_reads_its_own_tensors_and_any_size_gives_transformers_log
     from deit.finetune import adapt_state_dict, read_source, source_model_name
     from deit.models import create_model
 
-    _, deits, _ = hub
+    deits = hub[1]
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     for revision in ("v1", "main"):
         name = f"hf-hub:{REPO}@{revision}"
@@ -142,18 +154,37 @@ def test_each_revision_reads_its_own_tensors_and_any_size_gives_transformers_log
         torch.testing.assert_close(student(x).logits, hf_logits(deits[revision], x), rtol=0, atol=1e-5)
 
 
-def test_the_environment_chooses_the_cache(hub, tmp_path):
-    """HF_HOME and HF_HUB_CACHE, read by huggingface_hub in a fresh process as a user sets them."""
-    cache = hub[0]
-    (tmp_path / "home").mkdir()
-    (tmp_path / "home" / "hub").symlink_to(cache)
+def test_hf_home_chooses_the_cache(hub, tmp_path):
+    """HF_HOME, read by huggingface_hub in a fresh process as a user sets it (HF_HUB_CACHE: the test below)."""
+    folder = f"models--{REPO.replace('/', '--')}"
+    shutil.copytree(hub[0] / folder, tmp_path / "home" / "hub" / folder, symlinks=True)
     code = f"from deit.hub import resolve; print(resolve('hf-hub:{REPO}@v1').directory)"
-    src = str(Path(__file__).parents[1] / "src")
-    for env in ({"HF_HOME": str(tmp_path / "home")}, {"HF_HUB_CACHE": str(cache)}):
-        base = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                             env={**base, **env, "HF_HUB_OFFLINE": "1", "PYTHONPATH": src})
-        assert out.stdout.strip().endswith(f"snapshots/{COMMITS['v1']}"), (env, out)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**base, "HF_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1",
+                              "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
+    assert out.stdout.strip() == str(tmp_path / "home" / "hub" / folder / "snapshots" / COMMITS["v1"]), out
+
+
+@pytest.mark.parametrize("name, model, size", [
+    ("timm:deit_tiny_patch16_224.fb_in1k", "deit_tiny_patch16_224", 224),  # timm's DeiT: our ViT
+    ("hf-hub:acme/deit-run", "deit_micro_distilled_patch4_32", 32),  # a run of ours
+])
+@torch.no_grad()
+def test_timm_deits_and_our_runs_on_the_hub_build_our_vit(hub, offline, name, model, size):
+    from deit.finetune import adapt_state_dict, read_source, source_model_name
+    from deit.models import create_model
+
+    reference = hub[3] if name.startswith("timm:") else hub[4]
+    assert source_model_name(name) == model
+    source = read_source(name)
+    student = create_model(model, num_classes=5 if name.startswith("timm:") else 2, img_size=size).eval()
+    state_dict, changes = adapt_state_dict(source, student)
+    assert [c["action"] for c in changes] == ["kept"]
+    student.load_state_dict(state_dict)
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(3))
+    expected = reference(x)
+    torch.testing.assert_close(student(x).logits, getattr(expected, "logits", expected), rtol=0, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -164,7 +195,7 @@ def test_fine_tuning_by_name_starts_from_those_tensors(hub, offline, folder, tmp
     from deit.hf_layout import hf_to_deit
     from deit.models import create_model
 
-    _, deits, _ = hub
+    deits = hub[1]
     out = tmp_path / "run"
     assert cli_main(["train", "--finetune", f"hf-hub:{REPO}@v1", "--data", f"imagefolder:{folder}", "--img-size",
                      "32", "--cache-images", "--linear-probe", "--preset", "fmnist-cpu", "--epochs", "1",
@@ -196,14 +227,21 @@ def test_fine_tuning_by_name_starts_from_those_tensors(hub, offline, folder, tmp
 @torch.no_grad()
 def test_timm_names_teach_with_timm_logits(hub, offline):
     """timm:NAME.TAG as the teacher (the model its config.json names) and as --teacher-weights of an architecture."""
+    from deit.config import TrainConfig
+    from deit.finetune import prepare, source_model_name
     from deit.teacher import load_teacher
 
-    vit = hub[2].eval()
+    vit = hub[2]
     x = torch.randn(2, 3, 160, 160, generator=torch.Generator().manual_seed(2))
     for spec, weights in (("timm:test_vit.r160_in1k", None), ("test_vit", "timm:test_vit")):
         teacher, info = load_teacher(spec, weights, num_classes=1000, in_chans=3, img_size=(160, 160))
         assert info["hub"]["repo"] == "timm/test_vit.r160_in1k" and info["hub"]["commit"] == "4" * 40
         torch.testing.assert_close(teacher(x), vit(x), rtol=0, atol=1e-5)
+    # as --finetune: timm's architecture, fitted key by key (deit.finetune_by_keys)
+    assert source_model_name("timm:test_vit.r160_in1k") == "timm:test_vit"
+    source = prepare(TrainConfig(model="timm:test_vit", finetune="timm:test_vit.r160_in1k"))
+    assert source.hub["repo"] == "timm/test_vit.r160_in1k" and torch.equal(source.state_dict["cls_token"],
+                                                                           vit.cls_token)
 
 
 # ---------------------------------------------------------------------------------------------- bad names
@@ -235,7 +273,7 @@ def test_a_bad_name_is_one_line_before_any_data(offline, tmp_path, capsys, flags
 
 
 def test_offline_with_nothing_cached_says_what_to_fetch(tmp_path):
-    """A fresh process with an empty cache, as a user meets it."""
+    """A fresh process with an empty cache (HF_HUB_CACHE), as a user meets it."""
     src = str(Path(__file__).parents[1] / "src")
     base = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     out = subprocess.run([sys.executable, "-m", "deit", "train", "--finetune",
@@ -245,5 +283,6 @@ def test_offline_with_nothing_cached_says_what_to_fetch(tmp_path):
                               "PYTHONPATH": src})
     err = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(err) == 1, out
-    assert "facebook/deit-small-distilled-patch16-224 is not in the Hugging Face cache" in err[0]
+    assert f"facebook/deit-small-distilled-patch16-224 is not in the Hugging Face cache ({tmp_path / 'empty'})" \
+        in err[0]
     assert "`hf download facebook/deit-small-distilled-patch16-224`" in err[0]
