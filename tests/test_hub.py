@@ -190,7 +190,7 @@ def test_timm_deits_and_our_runs_on_the_hub_build_our_vit(hub, offline, name, mo
 # ---------------------------------------------------------------------------------------------- training
 
 
-def test_fine_tuning_by_name_starts_from_those_tensors(hub, offline, folder, tmp_path, capsys):
+def test_fine_tuning_and_distilling_by_name_start_from_those_tensors(hub, offline, folder, tmp_path, capsys):
     from deit.engine.run_dir import load_state
     from deit.hf_layout import hf_to_deit
     from deit.models import create_model
@@ -200,7 +200,8 @@ def test_fine_tuning_by_name_starts_from_those_tensors(hub, offline, folder, tmp
     assert cli_main(["train", "--finetune", f"hf-hub:{REPO}@v1", "--data", f"imagefolder:{folder}", "--img-size",
                      "32", "--cache-images", "--linear-probe", "--preset", "fmnist-cpu", "--epochs", "1",
                      "--batch-size", "4", "--warmup-epochs", "0", "--threads", "1", "--precision", "fp32",
-                     "--no-progress", "--output", str(out), "--stop-after-steps", "1"]) == 0
+                     "--no-progress", "--output", str(out), "--stop-after-steps", "1",
+                     "--teacher", f"hf-hub:{REPO}", "--distillation", "hard"]) == 0
     printed = capsys.readouterr().out
     saved = json.loads((out / "config.json").read_text())
     record = saved["finetune"]["hub"]
@@ -211,6 +212,9 @@ def test_fine_tuning_by_name_starts_from_those_tensors(hub, offline, folder, tmp
     assert f"finetune: hf-hub:{REPO}@v1 -> {REPO}@v1 (commit {COMMITS['v1']}), model.safetensors, sha256 " \
            f"{record['sha256']}" in printed
     assert saved["train"]["model"] == SPELLED and saved["train"]["finetune"] == f"hf-hub:{REPO}@v1"
+    teacher = saved["teacher"]["hub"]  # the other revision teaches
+    assert teacher["commit"] == COMMITS["main"] and f"teacher: hf-hub:{REPO} -> {REPO}@main (commit " \
+        f"{COMMITS['main']}), model.safetensors, sha256 {teacher['sha256']}" in printed
     # The linear probe froze the backbone: it is the source's, tensor for tensor; with the source's heads back
     # the model gives transformers' logits.
     trained = load_state(out, "cpu")["model"]  # after the one step
