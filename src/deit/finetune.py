@@ -1,5 +1,6 @@
 """Fine-tuning: start a run from trained ViT/DeiT weights (a run directory of ours, an official .pth, a timm
-state dict, a Hugging Face directory) and adapt them to the student the new data needs.
+state dict, a Hugging Face directory, or any of these by name on the hub: deit.hub) and adapt them to the
+student the new data needs.
 
 Rules, as the official fine-tuning code and timm's load-time filter apply them:
 - the backbone (blocks, norm, cls_token, patch bias) is kept; the architecture must be the same (width, depth,
@@ -45,8 +46,8 @@ class Source:
     path: str
     format: str  # deit | official | timm | hf
     state_dict: dict[str, Tensor]
-    config: Optional[ViTConfig]  # when the source names its architecture (our config.json, HF config.json)
-    name: Optional[str]  # the registered model it is, when known
+    config: Optional[ViTConfig]  # when the source names its architecture (our, HF or timm config.json)
+    name: Optional[str]  # the model it is, when known: registered, spelled (vit_w..._d...) or timm:ARCH
     classes: Optional[list[str]]  # class names our run recorded
     hub: Optional[dict] = None  # what a hub name (hf-hub:..., timm:...) resolved to (deit.hub)
 
