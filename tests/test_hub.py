@@ -70,6 +70,11 @@ def hub(tmp_path_factory):
         model = perturb_(transformers.DeiTForImageClassificationWithTeacher(config), seed=seed)
         put_in_cache(cache, REPO, commit, saved_files(model.save_pretrained, tmp / ref), refs=[ref])
         deits[ref] = model
+    # an older repo: pytorch_model.bin only (read with weights_only, as every torch file here)
+    torch.save(deits["v1"].state_dict(), tmp / "pytorch_model.bin")
+    put_in_cache(cache, "acme/deit-bin", "7" * 40, {"config.json": (tmp / "v1" / "config.json").read_bytes(),
+                                                    "pytorch_model.bin": (tmp / "pytorch_model.bin").read_bytes()},
+                 refs=["main"])
     bert = {"model_type": "bert", "architectures": ["BertForMaskedLM"], "hidden_size": 96}
     put_in_cache(cache, "acme/bert", "3" * 40, {"config.json": json.dumps(bert).encode()}, refs=["main"])
     vit = perturb_(timm.create_model("test_vit"), seed=3)
@@ -133,6 +138,17 @@ def test_a_name_resolves_to_the_cached_snapshot_with_its_provenance(offline, rev
     assert hub.directory == snapshot and hub.path == snapshot and hub.commit == commit
     assert hub.file == "model.safetensors" and hub.revision == (revision[1:] or "main")
     assert hub.sha256 == hashlib.sha256((snapshot / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_a_repo_without_safetensors_gives_its_pytorch_model_bin(hub, offline):
+    from deit.finetune import read_source
+    from deit.hf_layout import hf_to_deit
+
+    source = read_source("hf-hub:acme/deit-bin")
+    assert source.hub["file"] == "pytorch_model.bin" and source.name == SPELLED
+    expected = hf_to_deit(hub[1]["v1"].state_dict())
+    assert source.state_dict.keys() == expected.keys()
+    assert all(torch.equal(source.state_dict[k], expected[k]) for k in expected)
 
 
 def test_each_revision_reads_its_own_tensors_and_any_size_gives_transformers_logits(hub, offline):

@@ -74,7 +74,7 @@ def resolve(text: str) -> HubWeights:
     from huggingface_hub import constants
 
     # The cache and the offline switch are keys: a process that changes them gets a fresh resolution.
-    return _resolve(text, constants.HF_HUB_CACHE, constants.is_offline_mode())
+    return _resolve(text, constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE)
 
 
 @lru_cache(maxsize=16)
@@ -126,21 +126,21 @@ def _fetch(text: str, repo: str, revision: str, filename: str) -> Optional[Path]
     """The cached file (fetched if missing and allowed); None when the repo does not have it. Anything else that
     keeps the file from us is one line."""
     from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import (HFValidationError, LocalEntryNotFoundError, RemoteEntryNotFoundError,
+    from huggingface_hub.errors import (EntryNotFoundError, HFValidationError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError, RevisionNotFoundError)
 
     try:
         return Path(hf_hub_download(repo, filename, revision=revision,
-                                    local_files_only=constants.is_offline_mode()))
+                                    local_files_only=constants.HF_HUB_OFFLINE))
     except RepositoryNotFoundError:  # gated and private repos included
         raise ValueError(f"{text}: the hub has no model repository {repo} (or it is private or gated: log in with "
                          "`hf auth login`)") from None
     except RevisionNotFoundError:
         raise ValueError(f"{text}: {repo} has no revision {revision!r} on the hub") from None
-    except RemoteEntryNotFoundError:
-        return None
-    except LocalEntryNotFoundError:
+    except LocalEntryNotFoundError:  # before its base class: not in the cache, and the hub not asked
         return _not_cached(text, repo, revision)
+    except EntryNotFoundError:  # the hub says the repo has no such file
+        return None
     except HFValidationError as e:
         from .safe_read import first_line
 
@@ -158,7 +158,7 @@ def _not_cached(text: str, repo: str, revision: str) -> None:
         repos = [r for r in scan_cache_dir(cache).repos if r.repo_id == repo and r.repo_type == "model"]
     except CacheNotFound:
         repos = []
-    why = "HF_HUB_OFFLINE is set" if constants.is_offline_mode() else "the hub cannot be reached"
+    why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the hub cannot be reached"
     fetch = f"hf download {repo}" + (f" --revision {revision}" if revision != "main" else "")
     how = (f"fetch it on a machine with network (`{fetch}`), then copy that machine's hub cache "
            f"(~/.cache/huggingface/hub/models--{repo.replace('/', '--')}) into {cache}, or point HF_HUB_CACHE at a "
