@@ -253,7 +253,8 @@ def test_timm_names_teach_with_timm_logits(hub, offline):
 
     vit = hub[2]
     x = torch.randn(2, 3, 160, 160, generator=torch.Generator().manual_seed(2))
-    for spec, weights in (("timm:test_vit.r160_in1k", None), ("test_vit", "timm:test_vit")):
+    for spec, weights in (("timm:test_vit.r160_in1k", None), ("test_vit", "timm:test_vit"),
+                          ("timm:test_vit", "timm:test_vit.r160_in1k")):  # with weights, --teacher is the architecture
         teacher, info = load_teacher(spec, weights, num_classes=1000, in_chans=3, img_size=(160, 160))
         assert info["hub"]["repo"] == "timm/test_vit.r160_in1k" and info["hub"]["commit"] == "4" * 40
         torch.testing.assert_close(teacher(x), vit(x), rtol=0, atol=1e-5)

@@ -39,13 +39,18 @@ def _input_size(model: nn.Module) -> tuple[int, int] | None:
 
 
 def _build_architecture(name: str, num_classes: int, in_chans: int) -> nn.Module:
-    """A bare architecture name: ours, else timm's, else torchvision's (deit.models builds theirs too)."""
+    """An architecture name: ours (registered or spelled), a prefixed timm:/torchvision: one, else a bare timm or
+    torchvision name (deit.models builds theirs too)."""
     import timm
     import torchvision
 
-    from .models import create_model, list_models
+    from .models import create_model, model_family
 
-    if name in list_models():
+    try:
+        model_family(name)
+    except ValueError:
+        pass
+    else:
         return create_model(name, num_classes=num_classes, in_chans=in_chans)
     for library, known in (("timm", timm.is_model), ("torchvision", torchvision.models.list_models().__contains__)):
         if known(name):
