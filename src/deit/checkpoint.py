@@ -191,7 +191,16 @@ def _model_described_by(path: Path, state_dict: dict[str, Tensor]) -> nn.Module:
             return model_from_spec(config["model"])
         if "model_type" in config:
             return VisionTransformer(vit_config_from_hf(config))
+        if "architecture" in config:
+            return create_model(timm_layout_name(config), num_classes=config.get("num_classes", 1000))
     return VisionTransformer(infer_vit_config(state_dict, str(path)))
+
+
+def timm_layout_name(config: dict) -> str:
+    """The model a timm hub-layout config.json ({"architecture", "num_classes", "pretrained_cfg"}) describes: ours
+    when we register that name (timm's DeiTs have our key layout), else timm's architecture."""
+    arch = config["architecture"]
+    return arch if arch in list_models() else f"timm:{arch}"
 
 
 def _preview(names: list[str], limit: int = 4) -> str:

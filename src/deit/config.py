@@ -26,9 +26,10 @@ class TrainConfig:
     drop_path: Optional[float] = _f(0.1, "stochastic depth rate (linear rule); None keeps the model's")
     combine: str = _f("mean_logits", "how a distilled model combines its heads: mean_logits|mean_softmax|cls|dist")
     finetune: Optional[str] = _f(None, "start from trained weights: a run directory, an official .pth, a timm state "
-                                       "dict (.pth/.safetensors) or a Hugging Face directory; the model is the "
-                                       "source's when it says (else --model); heads, pos_embed and channels are "
-                                       "adapted to the data (deit.finetune)")
+                                       "dict (.pth/.safetensors), a Hugging Face directory, or by name from the hub "
+                                       "cache: hf-hub:ORG/NAME[@REVISION] | timm:NAME[.TAG] (deit.hub); the model "
+                                       "is the source's when it says (else --model); heads, pos_embed and channels "
+                                       "are adapted to the data (deit.finetune)")
     linear_probe: bool = _f(False, "with --finetune: train only the classification head(s), the rest frozen")
     # data
     data: str = _f("fashion-mnist", "fashion-mnist | cifar10 | cifar100 | imagefolder:PATH")
@@ -85,9 +86,10 @@ class TrainConfig:
     ema: bool = _f(False, "keep and evaluate an EMA of the weights")
     ema_decay: float = _f(0.99996, "EMA decay per step")
     # distillation
-    teacher: Optional[str] = _f(None, "teacher: a run directory of this project, or an architecture "
-                                      "name (torchvision/timm/ours) with --teacher-weights")
-    teacher_weights: Optional[str] = _f(None, "weights file for an architecture-name teacher")
+    teacher: Optional[str] = _f(None, "teacher: a run directory of this project, a hub name (hf-hub:ORG/NAME"
+                                      "[@REVISION] | timm:NAME[.TAG]), or an architecture name "
+                                      "(torchvision/timm/ours) with --teacher-weights")
+    teacher_weights: Optional[str] = _f(None, "weights for an architecture-name teacher: a file or a hub name")
     distillation: str = _f("none", "distillation type: none | soft | hard")
     alpha: float = _f(0.5, "weight of the distillation loss: (1-alpha)*base + alpha*distill")
     tau: float = _f(1.0, "soft distillation temperature")

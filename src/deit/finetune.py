@@ -1,5 +1,6 @@
 """Fine-tuning: start a run from trained ViT/DeiT weights (a run directory of ours, an official .pth, a timm
-state dict, a Hugging Face directory) and adapt them to the student the new data needs.
+state dict, a Hugging Face directory, or any of these by name on the hub: deit.hub) and adapt them to the
+student the new data needs.
 
 Rules, as the official fine-tuning code and timm's load-time filter apply them:
 - the backbone (blocks, norm, cls_token, patch bias) is kept; the architecture must be the same (width, depth,
@@ -24,10 +25,11 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import CONFIG_NAME, is_run_dir, load_state_dict
+from .checkpoint import CONFIG_NAME, is_run_dir, load_state_dict, timm_layout_name
+from .hub import describe, local_source
 from .safe_read import read_json
 from .hf_layout import vit_config_from_hf
-from .models import ViTConfig, VisionTransformer, list_models, model_config, model_family
+from .models import ViTConfig, VisionTransformer, list_models, model_config, model_family, spelled_vit_name
 
 HEADS = ("head", "head_dist")
 # Architecture fields that must agree between source and student; the rest (size, channels, classes, tokens)
@@ -44,9 +46,10 @@ class Source:
     path: str
     format: str  # deit | official | timm | hf
     state_dict: dict[str, Tensor]
-    config: Optional[ViTConfig]  # when the source names its architecture (our config.json, HF config.json)
-    name: Optional[str]  # the registered model it is, when known
+    config: Optional[ViTConfig]  # when the source names its architecture (our, HF or timm config.json)
+    name: Optional[str]  # the model it is, when known: registered, spelled (vit_w..._d...) or timm:ARCH
     classes: Optional[list[str]]  # class names our run recorded
+    hub: Optional[dict] = None  # what a hub name (hf-hub:..., timm:...) resolved to (deit.hub)
 
 
 # ------------------------------------------------------------------------------------------- the source
@@ -75,52 +78,50 @@ def registered_name_for(config: ViTConfig) -> Optional[str]:
     return matches[0] if matches else None
 
 
-def read_source(path, vit: bool = True) -> Source:
-    """Read a fine-tuning source; every failure (missing, corrupt, truncated, not a checkpoint, not a ViT) is one
-    ValueError/FileNotFoundError line naming it. vit=False: any architecture's state dict, as it is."""
-    path = Path(path)
+def read_source(source, vit: bool = True) -> Source:
+    """Read a fine-tuning source (a path, or a hub name resolved into the local cache by deit.hub); every failure
+    (missing, corrupt, truncated, not a checkpoint, not a ViT) is one ValueError/FileNotFoundError line naming it.
+    vit=False: any architecture's state dict, as it is."""
+    path, hub = local_source(str(source))
+    label = str(source)  # what messages name: the hub name as given, or the path
+    hub = hub.record() if hub is not None else None
     state_dict, fmt = load_state_dict(path)
     config = name = classes = None
     if not vit and not is_run_dir(path):
-        return Source(str(path), fmt, state_dict, None, None, None)
+        return Source(label, fmt, state_dict, None, None, None, hub)
     config_file = path / CONFIG_NAME if path.is_dir() else None
     if config_file is not None and config_file.is_file():
         saved = read_json(config_file)
         if is_run_dir(path):
             spec = saved["model"]
             if spec.get("family") != "vit":  # fitted key by key (deit.finetune_by_keys); --model is its name
-                return Source(str(path), fmt, state_dict, None, spec.get("name"), saved.get("data", {}).get("classes"))
+                return Source(label, fmt, state_dict, None, spec.get("name"), saved.get("data", {}).get("classes"), hub)
             config = ViTConfig(**spec["config"])
             name = spec.get("name") if spec.get("name") in list_models() else None
             classes = saved.get("data", {}).get("classes")
         elif "model_type" in saved:
             config = vit_config_from_hf(saved)
-    shapes = _shape_arch(state_dict, str(path))
+        elif "architecture" in saved:  # timm's hub layout: one of our ViTs by name, else fitted key by key
+            name = timm_layout_name(saved)
+            if model_family(name) != "vit":
+                return Source(label, fmt, state_dict, None, name, None, hub)
+            config = model_config(name, num_classes=saved.get("num_classes", 1000))
+    shapes = _shape_arch(state_dict, label)
     if config is not None:
         said = {k: getattr(config, k) for k in shapes}
         if said != shapes:
-            raise ValueError(f"--finetune {path}: its config.json ({said}) does not match its weights ({shapes})")
+            raise ValueError(f"--finetune {label}: its config.json ({said}) does not match its weights ({shapes})")
         if name is None or any(getattr(model_config(name), k) != getattr(config, k) for k in (*_ARCH, "distilled")):
-            name = registered_name_for(config)
-    return Source(str(path), fmt, state_dict, config, name, classes)
+            # a config.json describes the whole architecture: any size builds, by a name that spells it
+            name = registered_name_for(config) or spelled_vit_name(config)
+    return Source(label, fmt, state_dict, config, name, classes, hub)
 
 
 def source_model_name(path) -> Optional[str]:
-    """The registered model a source says it is (our config.json, an HF config.json); None when it does not say
-    (a bare .pth / .safetensors: then --model names it). A source that says an architecture no registered model
-    has is refused."""
-    source = read_source(path)
-    if source.config is None:
-        return source.name  # a run of another architecture names itself; a bare file does not
-    if source.name is None:
-        raise ValueError(f"--finetune {path} is a ViT that no registered model matches "
-                         f"({_describe_arch(source.config.to_dict())}); `deit models` lists them")
-    return source.name
-
-
-def _describe_arch(arch: dict) -> str:
-    return ", ".join(f"{_ARCH_WORDS[k]} {arch[k]:g}" if isinstance(arch[k], float) else f"{_ARCH_WORDS[k]} {arch[k]}"
-                     for k in _ARCH if k in arch)
+    """The model a source says it is (our config.json, an HF or timm config.json): a registered name, else the
+    name that spells a ViT of its size (deit.models.registry); None when it does not say (a bare .pth /
+    .safetensors: then --model names it)."""
+    return read_source(path).name
 
 
 def check_architecture(source: Source, model_name: str) -> None:
@@ -324,6 +325,9 @@ def apply(model: nn.Module, source: Optional[Source], config, classes: list[str]
     if source is not None:
         model.load_state_dict(state_dict)
         record = {"source": source.path, "format": source.format, "source_model": source.name, "changes": changes}
+        if source.hub is not None:
+            record["hub"] = source.hub
+            say(f"finetune: {describe(source.hub)}")
         for ch in changes:
             say(f"finetune: {ch['what']} {ch['action']} ({ch['detail']})")
     if config.linear_probe:

@@ -1,4 +1,5 @@
-"""Teachers for distillation: a run directory of this project, or an architecture name + local weights."""
+"""Teachers for distillation: a run directory of this project, a hub name (hf-hub:ORG/NAME, timm:NAME: the model
+its config.json describes, deit.hub), or an architecture name + weights (a file, or a hub name)."""
 
 from __future__ import annotations
 
@@ -38,13 +39,18 @@ def _input_size(model: nn.Module) -> tuple[int, int] | None:
 
 
 def _build_architecture(name: str, num_classes: int, in_chans: int) -> nn.Module:
-    """A bare architecture name: ours, else timm's, else torchvision's (deit.models builds theirs too)."""
+    """An architecture name: ours (registered or spelled), a prefixed timm:/torchvision: one, else a bare timm or
+    torchvision name (deit.models builds theirs too)."""
     import timm
     import torchvision
 
-    from .models import create_model, list_models
+    from .models import create_model, model_family
 
-    if name in list_models():
+    try:
+        model_family(name)
+    except ValueError:
+        pass
+    else:
         return create_model(name, num_classes=num_classes, in_chans=in_chans)
     for library, known in (("timm", timm.is_model), ("torchvision", torchvision.models.list_models().__contains__)):
         if known(name):
@@ -57,21 +63,29 @@ def load_teacher(spec: str, weights: str | None, *, num_classes: int, in_chans: 
                  img_size: tuple[int, int]) -> tuple[nn.Module, dict]:
     """Build the teacher in eval mode, frozen. Refuses one that does not fit the data, before any training."""
     from .checkpoint import load_checkpoint
+    from .hub import is_hub_source, local_source
 
-    path = Path(spec)
-    if path.is_dir():
+    hub = None
+    if weights is None and is_hub_source(spec):  # weights by name: the model the repo describes
+        path, hub = local_source(spec)
+        result = load_checkpoint(path)
+        model, info = result.model, {"teacher": spec, "format": result.format}
+    elif Path(spec).is_dir():
         if weights is not None:
             raise ValueError("--teacher-weights is only for an architecture-name teacher; "
                              f"{spec} is a run directory that carries its weights")
-        result = load_checkpoint(path)
-        model, info = result.model, {"teacher": str(path), "format": result.format}
+        result = load_checkpoint(spec)
+        model, info = result.model, {"teacher": str(spec), "format": result.format}
     else:
         if weights is None:
             raise ValueError(f"teacher {spec!r} is not a run directory; give its weights with --teacher-weights FILE "
-                             "(nothing is downloaded)")
+                             "(or name them: hf-hub:ORG/NAME, timm:NAME; nothing else is downloaded)")
         model = _build_architecture(spec, num_classes, in_chans)
-        result = load_checkpoint(weights, model)
+        path, hub = local_source(weights)
+        result = load_checkpoint(path, model)
         info = {"teacher": spec, "teacher_weights": str(weights), "format": result.format}
+    if hub is not None:
+        info["hub"] = hub.record()
     input_size = _input_size(model)
     teacher = LogitsOnly(model, input_size).eval().requires_grad_(False)
     if input_size is not None and input_size != tuple(img_size):

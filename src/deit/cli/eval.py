@@ -12,8 +12,9 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
-    p.add_argument("--teacher", default=None, help="also evaluate a teacher and the disagreement rates")
-    p.add_argument("--teacher-weights", default=None)
+    p.add_argument("--teacher", default=None, help="also evaluate a teacher and the disagreement rates: a run "
+                   "directory, a hub name (hf-hub:ORG/NAME[@REVISION], timm:NAME[.TAG]) or an architecture name")
+    p.add_argument("--teacher-weights", default=None, help="an architecture-name teacher's weights: a file or a hub name")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 

@@ -76,14 +76,18 @@ def micro_batch(config: TrainConfig, world_size: int) -> int:
 
 def check_config(config: TrainConfig, world_size: int = 1) -> None:
     """The refusals that need no data or model: cheap, before anything is loaded."""
+    from ..hub import is_hub_source, resolve
     from ..models import model_family
 
     model_family(config.model)
     per_rank_batch(config, world_size)
     if config.teacher is not None and config.distillation != "none" and not Path(config.teacher).is_dir() \
-            and config.teacher_weights is None:
+            and config.teacher_weights is None and not is_hub_source(config.teacher):
         raise ValueError(f"teacher {config.teacher!r} is not a run directory; give an architecture name "
                          "with --teacher-weights FILE")
+    teacher_weights = config.teacher_weights or config.teacher
+    if config.distillation != "none" and is_hub_source(teacher_weights):
+        resolve(teacher_weights)  # a teacher named on the hub: in the cache (or fetched), or refused, before any data
 
 
 class Trainer:
@@ -233,6 +237,10 @@ class Trainer:
             return None, {}
         teacher, info = load_teacher(c.teacher, c.teacher_weights, num_classes=self.train_data.num_classes,
                                      in_chans=self.train_data.in_chans, img_size=self.train_data.img_size)
+        if "hub" in info:
+            from ..hub import describe
+
+            rt.print(f"teacher: {describe(info['hub'])}")
         teacher = teacher.to(rt.device)
         if rt.amp_dtype != torch.float16:  # the fused inference path (deit.speed) takes fp32 or bf16
             from ..speed import prepare_model_for_inference

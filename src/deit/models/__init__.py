@@ -1,8 +1,8 @@
 from .cnn import ResNetConfig, SmallResNet
 from .registry import (ExternalConfig, create_model, external_name, list_models, model_config, model_family,
-                       model_from_spec, model_spec, register_model)
+                       model_from_spec, model_spec, register_model, spelled_vit_name)
 from .vit import COMBINE_RULES, DeiTOutput, ViTConfig, VisionTransformer, combine_heads, count_parameters
 
 __all__ = ["ExternalConfig", "ResNetConfig", "SmallResNet", "create_model", "external_name", "list_models",
-           "model_config", "model_family", "model_from_spec", "model_spec", "register_model", "COMBINE_RULES", "DeiTOutput", "ViTConfig",
+           "model_config", "model_family", "model_from_spec", "model_spec", "register_model", "spelled_vit_name", "COMBINE_RULES", "DeiTOutput", "ViTConfig",
            "VisionTransformer", "combine_heads", "count_parameters"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import re
 from typing import Any, Callable, Optional
 
 from torch import nn
@@ -61,6 +62,31 @@ register_model("resnet8_small", "resnet", blocks_per_stage=(1, 1, 1), width=32)
 register_model("resnet14_small", "resnet", blocks_per_stage=(2, 2, 2), width=32)
 register_model("resnet20_small", "resnet", blocks_per_stage=(3, 3, 3), width=32)
 register_model("resnet20_wide", "resnet", blocks_per_stage=(3, 3, 3), width=64)
+
+
+# ----------------------------------------------------------------------------- a ViT of any size
+# A name that spells the architecture, e.g. "vit_w96_d3_h3_mlp384_p16_distilled": what a checkpoint's config.json
+# (a Hugging Face DeiT/ViT) describes when no registered name matches it. Size, channels and classes come from
+# the data, as for every name; the name is enough to rebuild the model, so runs of it resume like any other.
+_SPELLED_VIT = re.compile(r"vit_w(\d+)_d(\d+)_h(\d+)_mlp(\d+)_p(\d+)(_noqkvbias)?(_distilled)?")
+
+
+def spelled_vit_name(config: ViTConfig) -> str:
+    """The name that builds this ViT's architecture (width, depth, heads, MLP width, patch, qkv bias, distilled)."""
+    mlp = config.embed_dim * config.mlp_ratio
+    if mlp != int(mlp):
+        raise ValueError(f"a ViT of width {config.embed_dim} and MLP ratio {config.mlp_ratio} has no whole MLP width")
+    return (f"vit_w{config.embed_dim}_d{config.depth}_h{config.num_heads}_mlp{int(mlp)}_p{config.patch_size}"
+            f"{'' if config.qkv_bias else '_noqkvbias'}{'_distilled' if config.distilled else ''}")
+
+
+def _spelled_vit(name: str) -> Optional[dict[str, Any]]:
+    found = _SPELLED_VIT.fullmatch(name)
+    if found is None:
+        return None
+    width, depth, heads, mlp, patch = map(int, found.groups()[:5])
+    return dict(embed_dim=width, depth=depth, num_heads=heads, mlp_ratio=mlp / width, patch_size=patch,
+                qkv_bias=found.group(6) is None, distilled=found.group(7) is not None)
 
 
 # ------------------------------------------------------------------------------- timm and torchvision
@@ -131,8 +157,11 @@ def model_family(name: str) -> str:
     if external is not None:
         _check_external(*external)
         return external[0]
+    if _spelled_vit(name) is not None:
+        return "vit"
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; `deit models` lists the {len(_REGISTRY)} registered names")
+        raise ValueError(f"unknown model {name!r}; `deit models` lists the {len(_REGISTRY)} registered names "
+                         "(a ViT of any other size: vit_wWIDTH_dDEPTH_hHEADS_mlpMLPWIDTH_pPATCH[_distilled])")
     return _REGISTRY[name][0]
 
 
@@ -141,7 +170,7 @@ def model_config(name: str, **overrides: Any):
     family = model_family(name)
     external = external_name(name)
     config_cls, kwargs = (ExternalConfig, {"library": external[0], "arch": external[1], **overrides}) if external \
-        else (_FAMILIES[family][0], {**_REGISTRY[name][1], **overrides})
+        else (_FAMILIES[family][0], {**(_spelled_vit(name) or _REGISTRY[name][1]), **overrides})
     try:
         return config_cls(**kwargs)
     except TypeError as e:
