@@ -20,7 +20,8 @@ def register(sub) -> None:
 def run(args) -> int:
     from deit.data.shard_writer import write_shards
 
-    meta = write_shards(args.source, args.out, args.shard_size, args.seed, args.skip_bad_images)
+    meta = write_shards(args.source, args.out, args.shard_size, args.seed, args.skip_bad_images,
+                        on_shard=lambda path, samples: print(f"{path}: {samples} images", flush=True))
     for split, info in meta["splits"].items():
         skipped = len(meta["skipped"][split])
         print(f"{split}: {info['samples']} images in {len(info['shards'])} shards"

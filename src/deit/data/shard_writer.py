@@ -9,6 +9,7 @@ byte-identical shards (members dated 0, owner fixed)."""
 
 from __future__ import annotations
 
+import os
 import re
 import tarfile
 from pathlib import Path
@@ -45,56 +46,72 @@ def _tar_bytes(members: int) -> int:
     return -(-(members + 2 * _BLOCK) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
 
 
-def _write_tar(path: Path, samples: list[tuple[str, bytes, str, int]]) -> None:
-    """samples: (key, image bytes, image extension, label); written atomically, reproducibly."""
-    from webdataset import TarWriter
-
+def _write_tar(path: Path, samples: list[tuple[str, str, int]]) -> None:
+    """samples: (key, image file, label), read one at a time; written atomically and reproducibly."""
+    try:
+        from webdataset import TarWriter
+    except ImportError:
+        raise ModuleNotFoundError("deit shards writes with webdataset: pip install 'deit[shards]' "
+                                  "(or webdataset)") from None
     from ..fileio import atomic_write
 
     def write(tmp):
         with TarWriter(str(tmp), encoder=False, mtime=0, user="deit", group="deit") as sink:
-            for key, data, ext, label in samples:
-                sink.write({"__key__": key, ext: data, "cls": str(label).encode()})
+            for key, file, label in samples:
+                sink.write({"__key__": key, _extension(file): Path(file).read_bytes(), "cls": str(label).encode()})
     atomic_write(path, write)
 
 
-def write_split(folder: str, split: str, out: Path, shard_size: int, seed: int, skip_bad_images: bool):
-    """Pack one split; returns (its ShardIndex, the listing's skipped files, its classes, grayscale)."""
+def _extension(file: str) -> str:
+    return Path(file).suffix.lower().lstrip(".")
+
+
+def _sample_bytes(file_size: int, label: int) -> int:
+    return _member_bytes(file_size) + _member_bytes(len(str(label)))
+
+
+def plan_shards(sizes: list[int], labels: list[int], shard_size: int) -> list[list[int]]:
+    """Positions of the samples (in packing order) of each shard: as many as fit in shard_size bytes, at least one."""
+    shards, used = [[]], 0
+    for position, (size, label) in enumerate(zip(sizes, labels)):
+        sample = _sample_bytes(size, label)
+        if shards[-1] and _tar_bytes(used + sample) > shard_size:
+            shards.append([])
+            used = 0
+        shards[-1].append(position)
+        used += sample
+    return shards
+
+
+def write_split(folder: str, split: str, out: Path, shard_size: int, seed: int, skip_bad_images: bool,
+                on_shard=None):
+    """Pack one split; returns (its ShardIndex, the listing's skipped files, its classes, grayscale).
+    on_shard(path, samples) is called after each shard is written."""
     listing = list_split(folder, split, skip_bad_images)
-    order = np.random.default_rng([seed, 0 if split == "train" else 1]).permutation(len(listing.labels))
-    (out / split).mkdir(parents=True, exist_ok=True)
-    parts, shard, used = [], [], 0
+    order = np.random.default_rng([seed, 0 if split == "train" else 1]).permutation(len(listing.labels)).tolist()
+    files = [listing.files[i] for i in order]
+    labels = [int(listing.labels[i]) for i in order]
     width = len(str(len(order)))
-
-    def flush():
-        path = out / split / f"{split}-{len(parts):06d}.tar"
-        _write_tar(path, shard)
-        if path.stat().st_size > max(shard_size, _tar_bytes(_samples_bytes(shard))):
-            raise RuntimeError(f"{path}: {path.stat().st_size} bytes, more than planned")  # our size rule is wrong
+    (out / split).mkdir(parents=True, exist_ok=True)
+    parts = []
+    for n, positions in enumerate(plan_shards([os.path.getsize(f) for f in files], labels, shard_size)):
+        path = out / split / f"{split}-{n:06d}.tar"
+        _write_tar(path, [(f"{p:0{width}d}", files[p], labels[p]) for p in positions])
+        planned = _tar_bytes(sum(_sample_bytes(os.path.getsize(files[p]), labels[p]) for p in positions))
+        if path.stat().st_size != planned:  # a file changed while packing (or our size rule is wrong)
+            raise ValueError(f"{path}: {path.stat().st_size} bytes written, {planned} planned; did files in "
+                             f"{folder} change while packing? Pack again into a new directory")
         parts.append(scan_shard(str(path)))
-
-    for position, i in enumerate(order.tolist()):
-        file = listing.files[i]
-        data = Path(file).read_bytes()
-        sample = (f"{position:0{width}d}", data, Path(file).suffix.lower().lstrip("."), int(listing.labels[i]))
-        if shard and _tar_bytes(used + _samples_bytes([sample])) > shard_size:
-            flush()
-            shard, used = [], 0
-        shard.append(sample)
-        used += _samples_bytes([sample])
-    flush()
+        if on_shard is not None:
+            on_shard(path, len(positions))
     return ShardIndex.concat(parts), listing.skipped, listing.classes, listing.grayscale
 
 
-def _samples_bytes(samples) -> int:
-    return sum(_member_bytes(len(data)) + _member_bytes(len(str(label))) for _, data, _, label in samples)
-
-
 def write_shards(source: str, out: str | Path, shard_size: int | str = "1GB", seed: int = 0,
-                 skip_bad_images: bool = False) -> dict:
+                 skip_bad_images: bool = False, on_shard=None) -> dict:
     """Pack "imagefolder:PATH" (its train and val splits) into shards in the new directory `out`; returns the meta
     record written to out/meta.json. Each shard holds at most shard_size bytes (a lone sample larger than that gets a
-    shard of its own)."""
+    shard of its own). on_shard(path, samples): called after each shard (progress)."""
     from ..fileio import check_writable, write_json
 
     if not source.lower().startswith("imagefolder:"):
@@ -108,7 +125,8 @@ def write_shards(source: str, out: str | Path, shard_size: int | str = "1GB", se
     meta = {"format": "webdataset", "source": source, "seed": seed, "shard_size": shard_size, "splits": {},
             "skipped": {}}
     for split in ("train", "val"):
-        index, skipped, classes, grayscale = write_split(folder, split, out, shard_size, seed, skip_bad_images)
+        index, skipped, classes, grayscale = write_split(folder, split, out, shard_size, seed, skip_bad_images,
+                                                         on_shard)
         index.save(out / split / INDEX, out)
         meta.update(classes=list(classes), grayscale=grayscale)
         meta["splits"][split] = {"samples": len(index), "shards": [str(Path(s).relative_to(out)) for s in index.shards],

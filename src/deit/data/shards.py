@@ -249,19 +249,16 @@ class ShardData(FolderData):
         return replace(self, listing=replace(self.listing, index=self.listing.index.take(indices)))
 
 
-_OPEN: dict[tuple[int, str], int] = {}  # (pid, path) -> fd; forked workers open their own
+_OPEN: dict[str, int] = {}  # path -> fd; pread ignores the file position, so forked workers may share these
 
 
 def _open_shard(path: str) -> int:
-    key = (os.getpid(), path)
-    fd = _OPEN.get(key)
+    fd = _OPEN.get(path)
     if fd is None:
         if len(_OPEN) >= 64:  # an epoch's window touches a few shards at a time: keep the descriptors bounded
             for old in list(_OPEN)[:32]:
-                if old[0] == key[0]:
-                    os.close(_OPEN[old])
-                del _OPEN[old]
-        fd = _OPEN[key] = os.open(path, os.O_RDONLY)
+                os.close(_OPEN.pop(old))
+        fd = _OPEN[path] = os.open(path, os.O_RDONLY)
     return fd
 
 
