@@ -130,7 +130,10 @@ def scan_shard(path: str) -> ShardIndex:
 
 def expand_pattern(pattern: str) -> list[str]:
     """A brace pattern ("a-{000..009}.tar", "{x,y}.tar") -> the files it names, each checked to exist."""
-    from braceexpand import braceexpand
+    try:
+        from braceexpand import braceexpand
+    except ImportError:
+        raise ModuleNotFoundError("wds: brace patterns need braceexpand: pip install 'deit[shards]'") from None
 
     files = list(braceexpand(os.path.expanduser(pattern)))
     missing = [f for f in files if not os.path.isfile(f)]
