@@ -192,3 +192,25 @@ def test_bad_input_is_one_clear_line(packed, tmp_path, capsys):
         load_data(f"wds:{out}/train/train-{{000000..000999}}.tar;{out}/val/val-000000.tar", "train", img_size=28)
     with pytest.raises(ValueError, match="--cache-images"):
         load_data(f"wds:{out}", "train", img_size=28, cache_images=True)
+
+
+def test_a_run_from_shards_resumed_mid_epoch_equals_the_uninterrupted_run(packed, tmp_path):
+    """Stopped inside epoch 2 and resumed with another worker count == uninterrupted (CPU, deterministic), with
+    random erasing, flips and Mixup/CutMix on."""
+    from deit.config import preset_config
+    from deit.engine import fit
+    from deit.engine.state_file import read_state
+
+    _, out = packed
+
+    def config(name, workers=0):
+        return preset_config("fmnist-cpu", data=f"wds:{out}", img_size=28, epochs=2, batch_size=30, hflip=0.5,
+                             reprob=0.25, warmup_epochs=0.5, eval_every=2, progress=False, threads=1,
+                             num_workers=workers, precision="fp32", deterministic=True, output=str(tmp_path / name))
+    full = fit(config("full"))
+    assert fit(config("parted"), stop_after_steps=6).metrics == {}  # 4 steps an epoch: inside epoch 2
+    resumed = fit(config("parted", workers=1), resume=tmp_path / "parted")
+    a, b = read_state(full.output / "state.pt"), read_state(resumed.output / "state.pt")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert full.metrics["top1"] == resumed.metrics["top1"]
