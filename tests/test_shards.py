@@ -163,6 +163,12 @@ def test_training_from_shards_matches_the_folder(packed, tmp_path):
                                warmup_epochs=1, eval_every=2, progress=False, threads=1, num_workers=0,
                                precision="fp32", output=str(tmp_path / name))
         run = fit(config).output
+        if name == "shards":  # `deit eval` rebuilds the val split from config.json's "wds:..." as training read it
+            from deit.engine.evaluate import evaluate_run
+
+            evaluated = evaluate_run(run, device="cpu", precision="fp32")
+            trained = json.loads((run / "metrics.json").read_text())
+            assert evaluated["top1"] == trained["top1"] and evaluated["num_images"] == 30
         rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
         results[name] = ([r["train_loss"] for r in rows if "train_loss" in r],
                          json.loads((run / "metrics.json").read_text()))

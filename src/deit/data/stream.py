@@ -5,8 +5,8 @@ labels on `device`): train order from RepeatAugSampler, this rank's share rank::
 arange(rank, N, world_size), last partial batch kept. Every sample's augmentation is seeded by (seed, epoch, its
 position in the epoch's global order), so batch k of epoch e is a pure function of (seed, e, k, rank), and a sample is
 augmented identically whatever the world size or worker count. A ShardData (tar shards) is read in ShardSampler's
-order (its shards front to back, a shuffle buffer) and evaluated in contiguous runs per rank, with the same
-guarantees."""
+order (each rank its own shards front to back, through a shuffle buffer) and evaluated in contiguous runs per rank:
+batch k is still a pure function of (seed, e, k, rank), but the order depends on the world size."""
 
 from __future__ import annotations
 
