@@ -192,6 +192,8 @@ def test_bad_input_is_one_clear_line(packed, tmp_path, capsys):
     assert "imagefolder:PATH" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="no meta.json"):
         load_data(f"wds:{folder}", "train", img_size=28)
+    with pytest.raises(FileNotFoundError, match="no directory"):
+        load_data(f"wds:{tmp_path}/absent", "train", img_size=28)
     with pytest.raises(ValueError, match="two brace patterns"):
         load_data(f"wds:{out}/train/train-000000.tar", "train", img_size=28)
     with pytest.raises(FileNotFoundError, match="do not exist"):

@@ -182,6 +182,9 @@ def list_shards(path: str, split: str) -> ShardListing:
         skipped = [tuple(s) for s in meta.get("skipped", {}).get(split, [])]
         return ShardListing(path, split, list(meta["classes"]), index, bool(meta["grayscale"]), skipped)
     patterns = path.split(";")
+    if len(patterns) == 1 and "{" not in path and not path.endswith(".tar"):
+        raise FileNotFoundError(f"wds:{path}: no directory {root} (pack one with `deit shards imagefolder:PATH "
+                                f"{path}`)")
     if len(patterns) != 2 or not all(patterns):
         raise ValueError(f"wds:{path}: give a directory written by `deit shards`, or the train and val shards as "
                          "two brace patterns separated by ';' (quoted), e.g. "
