@@ -173,8 +173,9 @@ def list_shards(path: str, split: str) -> ShardListing:
     if root.is_dir():
         meta_file = root / META
         if not meta_file.is_file():
-            raise FileNotFoundError(f"wds:{path}: no {META} in {root}; pack a folder with `deit shards imagefolder:PATH "
-                                    f"{path}`, or name tar files by pattern: 'wds:TRAIN_PATTERN;VAL_PATTERN'")
+            raise FileNotFoundError(f"wds:{path}: no {META} in {root}; pack a folder with `deit shards "
+                                    f"imagefolder:PATH {path}`, or name tar files by pattern: "
+                                    "'wds:TRAIN_PATTERN;VAL_PATTERN'")
         meta = json.loads(meta_file.read_text())
         if split not in meta["splits"]:
             raise ValueError(f"wds:{path}: no {split} split in {meta_file}")
