@@ -32,9 +32,10 @@ class TrainConfig:
                                        "are adapted to the data (deit.finetune)")
     linear_probe: bool = _f(False, "with --finetune: train only the classification head(s), the rest frozen")
     # data
-    data: str = _f("fashion-mnist", "fashion-mnist | cifar10 | cifar100 | imagefolder:PATH")
+    data: str = _f("fashion-mnist", "fashion-mnist | cifar10 | cifar100 | imagefolder:PATH | wds:DIR (tar shards from "
+                                    "`deit shards`) | 'wds:TRAIN_PATTERN;VAL_PATTERN' (brace patterns of tar files)")
     data_dir: Optional[str] = _f(None, "where the data set lies (default: its standard location)")
-    img_size: Optional[int] = _f(None, "resize images to this size (required for imagefolder)")
+    img_size: Optional[int] = _f(None, "resize images to this size (required for imagefolder and wds)")
     train_subset: Optional[float] = _f(None, "train on a stratified subset: a count (>1) or a fraction (<=1)")
     subset_seed: Optional[int] = _f(None, "seed of the --train-subset draw (default: --seed); fix it so that "
                                           "runs of several seeds train on the same images")

@@ -9,7 +9,8 @@ import os
 import sys
 
 # module name under deit.cli -> registered in this order in --help
-SUBCOMMANDS = ["models", "train", "eval", "pipeline", "reproduce", "predict", "analyze", "convert", "export", "bench"]
+SUBCOMMANDS = ["models", "train", "eval", "pipeline", "reproduce", "predict", "analyze", "convert", "export", "bench",
+               "shards"]
 
 
 def build_parser() -> argparse.ArgumentParser:

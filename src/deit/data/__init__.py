@@ -4,7 +4,7 @@ repeated-augmentation sampler, and loaders whose every batch is a pure function 
 One job per module: seeding (derived seeds), imagedata (the in-memory split), builtin (Fashion-MNIST, CIFAR), listing
 (listing and checking an image folder), folder (decoding images; a folder in memory or streamed), datasets (names ->
 splits), subsets, augment (batch-wise), transforms (per-sample, timm's), sampler, loader (in memory; make_loader),
-stream (a streamed folder's loader)."""
+stream (a streamed folder's loader), shards and shard_writer (WebDataset tar shards: read, packed)."""
 
 from .augment import (AugmentConfig, apply_separable, augment_config, build_randaugment, crop_resize_matrices,
                       pad_random_crop, randaugment_batch, random_erase_, random_resized_crop, random_resized_crop_boxes,
@@ -18,8 +18,10 @@ from .folder import (IMAGE_EXTENSIONS, IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD, IM
 from .imagedata import ImageData
 from .listing import BadImage, FileTable, FolderListing, check_image_file, list_split
 from .loader import BatchLoader, default_num_workers, make_loader
-from .sampler import RepeatAugSampler
+from .sampler import RepeatAugSampler, ShardSampler
 from .seeding import derive_seed, seeded_global_rng, seeded_rngs
+from .shard_writer import write_shards
+from .shards import ShardData, ShardIndex, scan_shard
 from .stream import StreamLoader
 from .subsets import stratified_subset
 
@@ -32,5 +34,6 @@ __all__ = [
     "IMAGENET_GRAY_MEAN", "IMAGENET_GRAY_STD", "IMAGENET_MEAN", "IMAGENET_STD", "image_files", "read_images",
     "ImageData", "BatchLoader", "RepeatAugSampler", "derive_seed", "seeded_global_rng", "stratified_subset",
     "FolderData", "decode_image", "BadImage", "FileTable", "FolderListing", "check_image_file", "list_split",
-    "default_num_workers", "make_loader", "seeded_rngs", "StreamLoader",
+    "default_num_workers", "make_loader", "seeded_rngs", "StreamLoader", "ShardSampler", "write_shards", "ShardData",
+    "ShardIndex", "scan_shard",
 ]

@@ -1,4 +1,5 @@
-"""Which data a name means: load_data turns "fashion-mnist", "cifar10", "cifar100" or "imagefolder:PATH" into a split,
+"""Which data a name means: load_data turns "fashion-mnist", "cifar10", "cifar100", "imagefolder:PATH" or "wds:..."
+(tar shards, data.shards) into a split,
 load_split applies a run config's data options (size, subset), describe says what a run records about it."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from .canvas import place_on_canvas
 from .folder import FolderData, load_imagefolder
 from .imagedata import ImageData
 from .listing import list_split
+from .shards import load_shards
 from .subsets import stratified_subset
 
 SPLITS = ("train", "val")
@@ -35,7 +37,8 @@ def describe(data: ImageData | FolderData, val: ImageData | FolderData | None = 
 def load_data(name: str, split: str = "train", data_dir: str | None = None, img_size: int | None = None,
               download: bool = True, *, cache_images: bool = False, eval_crop_ratio: float = 0.875,
               skip_bad_images: bool = False) -> ImageData | FolderData:
-    """Load a split ("train" or "val") of "fashion-mnist", "cifar10", "cifar100" or "imagefolder:PATH".
+    """Load a split ("train" or "val") of "fashion-mnist", "cifar10", "cifar100", "imagefolder:PATH" or "wds:DIR" /
+    "wds:TRAIN_PATTERN;VAL_PATTERN" (WebDataset shards, streamed as an image folder is: data.shards).
 
     For fashion-mnist and cifar the val split is the official test set, held in memory. img_size resizes at load
     (bilinear, antialiased) when it differs from the native size. An image folder needs img_size: it is listed and
@@ -45,6 +48,10 @@ def load_data(name: str, split: str = "train", data_dir: str | None = None, img_
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     key = name.lower()
+    if key.startswith("wds:"):
+        if cache_images:
+            raise ValueError(f"{name}: --cache-images reads image folders only; shards are streamed")
+        return load_shards(name.split(":", 1)[1], split, img_size, eval_crop_ratio)
     if key.startswith("imagefolder:"):
         path = name.split(":", 1)[1]
         if cache_images:
@@ -59,7 +66,8 @@ def load_data(name: str, split: str = "train", data_dir: str | None = None, img_
     elif key in CIFAR_STATS:
         data = load_cifar(key, split, data_dir, download)
     else:
-        raise ValueError(f"unknown data set {name!r}: use 'fashion-mnist', 'cifar10', 'cifar100' or 'imagefolder:PATH'")
+        raise ValueError(f"unknown data set {name!r}: use 'fashion-mnist', 'cifar10', 'cifar100', 'imagefolder:PATH' "
+                         "or 'wds:DIR'")
     if img_size is not None and data.img_size != (img_size, img_size):
         data.images = _resize_uint8(data.images, img_size)
     return data

@@ -4,7 +4,9 @@ The same contract as BatchLoader (len, set_epoch, iterate(start_batch), __iter__
 labels on `device`): train order from RepeatAugSampler, this rank's share rank::world_size, drop_last; eval order
 arange(rank, N, world_size), last partial batch kept. Every sample's augmentation is seeded by (seed, epoch, its
 position in the epoch's global order), so batch k of epoch e is a pure function of (seed, e, k, rank), and a sample is
-augmented identically whatever the world size or worker count."""
+augmented identically whatever the world size or worker count. A ShardData (tar shards) is read in ShardSampler's
+order (each rank its own shards front to back, through a shuffle buffer) and evaluated in contiguous runs per rank:
+batch k is still a pure function of (seed, e, k, rank), but the order depends on the world size."""
 
 from __future__ import annotations
 
@@ -18,8 +20,9 @@ import torch
 from .augment import AugmentConfig
 from .epochs import EpochLoader
 from .folder import FolderData
-from .sampler import RepeatAugSampler
+from .sampler import RepeatAugSampler, ShardSampler
 from .seeding import derive_seed, seeded_rngs
+from .shards import ShardData, eval_range
 from .transforms import eval_transform, train_transform
 
 
@@ -99,12 +102,15 @@ class StreamLoader(EpochLoader):
         self.device, self.channels_last = torch.device(device), channels_last
         self.drop_last = train if drop_last is None else drop_last
         self.epoch, self._epoch_indices = 0, None
+        shards = isinstance(data, ShardData)  # read shard by shard: contiguous runs per rank (ShardSampler)
         if train:
-            self.sampler = RepeatAugSampler(len(data), repeats, world_size, rank, seed)
+            self.sampler = (ShardSampler(data.index.shard_sizes(), repeats, world_size, rank, seed) if shards
+                            else RepeatAugSampler(len(data), repeats, world_size, rank, seed))
             num_indices = len(self.sampler)
         else:
             self.sampler = None
-            self.eval_indices = torch.arange(rank, len(data), world_size)
+            self.eval_indices = (eval_range(len(data), world_size, rank) if shards
+                                 else torch.arange(rank, len(data), world_size))
             num_indices = len(self.eval_indices)
         self.num_batches = num_indices // batch_size if self.drop_last else math.ceil(num_indices / batch_size)
         if self.num_batches == 0:
