@@ -69,8 +69,8 @@ class Reporter:
     """Fans the run's measurements out to its trackers; without trackers (and in every process but the main
     one) each call returns at once."""
 
-    def __init__(self, trackers: list[Tracker] | None = None, every: int = STEP_EVERY):
-        self.trackers, self.every = trackers or [], every
+    def __init__(self, trackers: list[Tracker] | None = None, every: Optional[int] = None):
+        self.trackers, self.every = trackers or [], every or STEP_EVERY
         self.window = {"loss": 0.0, "steps": 0, "images": 0, "seconds": 0.0}
         self.pending: dict[int, dict[str, float]] = {}  # step -> scalars, for the trackers that wait for a save
         self.finished = False
