@@ -126,13 +126,14 @@ def test_crashed_and_resumed_run_reports_each_step_once_with_the_uninterrupted_v
 def test_wandb_offline_run_is_resumed_under_its_id(tmp_path, fmnist_dir, small_val, every_step, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    config = tiny_config(tmp_path, "wb", fmnist_dir, report_to="wandb", epochs=1)
+    config = tiny_config(tmp_path, "wb", fmnist_dir, report_to="wandb", epochs=1, train_subset=100)
     fit(config, stop_after_steps=4)
     run_id = json.loads((config_path := tmp_path / "wb" / "config.json").read_text())["trackers"]["wandb"]["id"]
     fit(None, resume=tmp_path / "wb")
     assert json.loads(config_path.read_text())["trackers"]["wandb"]["id"] == run_id
     attempts = sorted((tmp_path / "wb" / "wandb").glob(f"offline-run-*-{run_id}"))
     assert attempts and all((a / f"run-{run_id}.wandb").stat().st_size > 0 for a in attempts)
+    assert list((attempts[-1] / "files" / "media" / "images").glob("attention_*.png"))  # the end's pictures
 
 
 def test_reporter_sends_10_step_means_on_a_fixed_grid_and_holds_back_what_no_save_covers():

@@ -6,8 +6,9 @@ process reports; each backend's package is imported only when asked for.
 What a tracker receives:
 - a new run: its config.json (hparams);
 - every STEP_EVERY steps: the mean train loss of those steps on the main process (no extra all-reduce in the
-  step), the lr of the last one, and the job's images/s over them. Not every step: an MLflow write costs ~2 ms
-  and a W&B call ~0.1 ms, a tenth of a small model's GPU step, and a 10-step mean still shows the curve;
+  step; after a resume, of the steps since it), the lr of the last one, and the job's images/s over them. Not
+  every step: an MLflow write costs ~2 ms and a W&B call ~0.1 ms, a tenth of a small model's GPU step, and a
+  10-step mean still shows the curve;
 - each epoch: every number of its log.jsonl row at the epoch's last global step (epoch/train_loss, epoch/lr,
   ..., eval/top1, eval/top1_cls, eval/top1_dist, eval/ema_top1, eval/loss, ...): the same values as the log;
 - at the end: curves.png and `deit analyze`'s pictures.
@@ -151,7 +152,7 @@ def open_trackers(report_to: str, writer, resumed_at: Optional[int]) -> Reporter
     try:
         for name in names:
             trackers.append(OPEN[name](writer.run_dir, resumed_at, ids.get(name)))
-            if resumed_at is None:
+            if name not in ids:  # a new run, or a tracker first asked for on resume
                 trackers[-1].start(run_config)
             ids[name] = trackers[-1].ids
     except BaseException:
@@ -302,10 +303,10 @@ def analysis_pictures(run_dir: Path, out_dir: Path, device) -> dict[str, Path]:
 
     try:
         (run,) = prepare_runs([run_dir])
-    except ValueError as e:
+        written = analyze_attention(run, out_dir, 8, device)
+        if len(run.val) <= CONFUSION_MAX_VAL:
+            written |= analyze_confusion(run, out_dir, 512, device)
+    except (ValueError, OSError, RuntimeError) as e:  # the run has ended well: its pictures are not worth failing it
         print(f"trackers: no analysis pictures ({e})", flush=True)
         return {}
-    written = analyze_attention(run, out_dir, 8, device)
-    if len(run.val) <= CONFUSION_MAX_VAL:
-        written |= analyze_confusion(run, out_dir, 512, device)
     return {name.removesuffix("_png"): path for name, path in written.items() if path.suffix == ".png"}
