@@ -18,7 +18,6 @@ from deit.engine import fit
 from deit.engine.run_dir import read_log
 from deit.engine.tracking import Reporter
 
-TIMING = ("images_per_s", "data_wait_fraction", "epoch_time_s")  # differ between two runs of the same steps
 HAS_MLFLOW = importlib.util.find_spec("mlflow") is not None
 HAS_WANDB = importlib.util.find_spec("wandb") is not None
 
