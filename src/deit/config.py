@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 
+TRACKERS = ("tensorboard", "wandb", "mlflow")  # --report-to (deit.engine.tracking)
+
+
 def _f(default, help: str, execution: bool = False, **kw):
     """A field with its --help text; execution=True marks a setting that changes how a run executes, not what
     it computes: it may differ on resume and when a finished run is reused."""
@@ -110,6 +113,9 @@ class TrainConfig:
                                        "(e.g. to distil from an earlier epoch of a teacher)", execution=True)
     output: Optional[str] = _f(None, "run directory (default runs/<model>-<time>)")
     progress: bool = _f(True, "show progress bars", execution=True)
+    report_to: str = _f("none", "also send the run's metrics to experiment trackers: none, or a comma-separated list "
+                                "of tensorboard (RUN/tb), wandb, mlflow (RUN/mlruns unless MLFLOW_TRACKING_URI); "
+                                "each needs its package (deit.engine.tracking)", execution=True)
 
     def __post_init__(self):
         checks = [
@@ -137,6 +143,8 @@ class TrainConfig:
                                                      "features learns little"),
             (not (self.mixup > 0 or self.cutmix > 0) or self.batch_size % 2 == 0,
              "Mixup/CutMix need an even batch_size"),
+            (self.report_to == "none" or set(self.report_to.split(",")) <= set(TRACKERS),
+             f"report_to must be none or a comma-separated list of {', '.join(TRACKERS)}, got {self.report_to!r}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -11,6 +11,7 @@ from ..config import TrainConfig
 from ..fileio import check_writable
 from .run_dir import STATE, default_output, load_state, read_run_config
 from .runtime import Runtime, launched_ranks, setup_runtime
+from .tracking import open_trackers
 from .trainer import RunResult, Trainer, check_config
 
 
@@ -65,7 +66,12 @@ def _train(config: TrainConfig, run_dir: Path, rt: Runtime, resume, stop_after_s
     else:
         trainer.writer.start(trainer.run_config())
         trainer.save(0, 0)  # resumable from the start: a crash in the first epoch loses nothing
-    return trainer.fit(stop_after_steps)
+    resumed_at = trainer.step if resume is not None else None
+    with open_trackers(config.report_to, trainer.writer, resumed_at) as trainer.reporter:
+        result = trainer.fit(stop_after_steps)
+        if result.metrics:  # the run ended (not stopped early): the curves and pictures
+            trainer.reporter.finish(run_dir, trainer.step, rt.device)
+    return result
 
 
 def fit_or_reuse(config: TrainConfig) -> RunResult:

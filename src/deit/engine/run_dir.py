@@ -2,11 +2,13 @@
 atomic (deit.fileio), so a crash at any moment leaves the previous complete file.
 
 config.json (what the run is), model.safetensors / best.safetensors / ema.safetensors (weights), state.pt
-(everything else needed to resume exactly), log.jsonl (one row per epoch), metrics.json and curves.png (at
-the end)."""
+(everything else needed to resume exactly), log.jsonl (one row per epoch) and summary.csv (the same rows as
+timm's summary.csv), metrics.json and curves.png (at the end)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import time
 from pathlib import Path
@@ -17,10 +19,13 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..faults import fault_point
-from ..fileio import atomic_write, write_json
+from ..fileio import atomic_write, write_json, write_text
 from .state_file import read_state, save_state
 
 CONFIG, STATE, LOG, METRICS, CURVES = "config.json", "state.pt", "log.jsonl", "metrics.json", "curves.png"
+SUMMARY = "summary.csv"
+# timm's summary.csv columns, in its order; the log's other columns follow
+TIMM_SUMMARY_COLUMNS = ("epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr")
 
 
 def default_output(config: TrainConfig) -> Path:
@@ -67,6 +72,7 @@ class RunWriter:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.run_dir / CONFIG, run_config)
         (self.run_dir / LOG).unlink(missing_ok=True)
+        (self.run_dir / SUMMARY).unlink(missing_ok=True)
 
     def update_config(self, entries: dict) -> None:
         """Add entries to config.json (e.g. the schedule a time budget fixed)."""
@@ -92,7 +98,10 @@ class RunWriter:
             fault_point("saved", file=LOG)
 
     def _write_log(self, rows: list[dict]) -> None:
+        """log.jsonl and summary.csv, both from the same rows: rewritten whole, so a resumed run (which first
+        keeps the rows its state has finished) never has an epoch twice in either."""
         atomic_write(self.run_dir / LOG, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in rows)))
+        write_text(self.run_dir / SUMMARY, summary_csv(rows))
 
     def keep_log_until(self, epoch: int) -> None:
         """On resume: drop log rows of epochs the saved state has not finished (a crash after the row was
@@ -107,6 +116,20 @@ class RunWriter:
         if self.enabled:
             write_json(self.run_dir / METRICS, metrics)
             plot_curves(read_log(self.run_dir), self.run_dir / CURVES)
+
+
+def summary_csv(rows: list[dict]) -> str:
+    """Log rows as timm's summary.csv: one line an epoch, val_* named eval_* as timm names them, timm's columns
+    first, then the log's others in order of appearance; a cell is empty where the epoch has no value (no
+    evaluation that epoch)."""
+    renamed = [{("eval_" + k[4:] if k.startswith("val_") else k): v for k, v in r.items()} for r in rows]
+    seen = list(dict.fromkeys(k for r in renamed for k in r))
+    columns = [c for c in TIMM_SUMMARY_COLUMNS if c in seen] + [c for c in seen if c not in TIMM_SUMMARY_COLUMNS]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(renamed)
+    return out.getvalue()
 
 
 def plot_curves(rows: list[dict], png_path: Path) -> None:

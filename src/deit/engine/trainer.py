@@ -27,6 +27,7 @@ from .evaluate import evaluate, predict
 from .optim import build_optimizer, lr_at, scaled_lr
 from .run_dir import STATE, RunWriter, read_log
 from .runtime import Runtime, rng_state, seed_everything, set_rng_state
+from .tracking import Reporter, check_trackers
 from .task import DistillationTask, SeededMixup, build_criterion
 
 
@@ -81,6 +82,7 @@ def check_config(config: TrainConfig, world_size: int = 1) -> None:
 
     model_family(config.model)
     per_rank_batch(config, world_size)
+    check_trackers(config.report_to)
     if config.teacher is not None and config.distillation != "none" and not Path(config.teacher).is_dir() \
             and config.teacher_weights is None and not is_hub_source(config.teacher):
         raise ValueError(f"teacher {config.teacher!r} is not a run directory; give an architecture name "
@@ -102,6 +104,7 @@ class Trainer:
         self.started = time.monotonic()  # a time budget counts from here
         self.config, self.run_dir, self.rt = config, Path(run_dir), rt
         self.writer = RunWriter(run_dir, enabled=rt.is_main)
+        self.reporter = Reporter()  # the run's trackers, opened by engine/fit.py (none until then)
         c = config
         # A fine-tuning source is read and checked before the data; a resumed run (state.pt present: a new run
         # refuses such a directory) takes its weights from the state instead.
@@ -302,6 +305,7 @@ class Trainer:
         """The resumable state after `batch` batches of `epoch` (called on every process at the same step)."""
         self.check_finite()
         self.writer.state(self.state_dict(epoch, batch))
+        self.reporter.saved(self.step)
 
     def check_finite(self) -> None:
         """NaN or inf weights (or EMA weights) never overwrite a good checkpoint: the run stops, the last good
@@ -428,6 +432,8 @@ class Trainer:
                     self.step_times.append(t2 - t0)
                     if self.step >= calibration_steps(self.warmup_steps, self.steps_per_epoch):
                         self.calibrate()
+                self.reporter.step(self.step, loss.total.item(), self.lr(self.step - 1), len(x) * self.rt.world_size,
+                                   t2 - t0)
                 bar.update(1)
                 bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.3f}", lr=f"{self.lr(self.step - 1):.2e}",
                                 ims=f"{len(x) / (t2 - t0):.0f}")
@@ -483,6 +489,7 @@ class Trainer:
                 self.best_top1 = self.metrics["top1"]
                 self.writer.weights(self.model, c.model, "best.safetensors")
         self.writer.log(row)
+        self.reporter.epoch(row)
         summary = f"epoch {epoch + 1}/{self.num_epochs}: loss {row['train_loss']:.4f}, {row['images_per_s']:.0f} im/s"
         if "val_top1" in row:
             summary += f", val top-1 {row['val_top1']:.2f}%"
