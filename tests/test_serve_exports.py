@@ -133,7 +133,7 @@ def test_hf_preprocessing_equals_a_streamed_folders_eval_transform(student):
     _, files, _, _ = student
     prep = EvalPreprocessing(img_size=28, crop_ratio=0.875, in_chans=3, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3),
                              streamed=True)
-    processor = transformers.DeiTImageProcessor(**{k: v for k, v in preprocessor_config(prep).items()
+    processor = transformers.BitImageProcessor(**{k: v for k, v in preprocessor_config(prep).items()
                                                    if k != "image_processor_type"})
     ours = eval_transform(prep.img_size, prep.crop_ratio, prep.mean, prep.std)
     std = torch.tensor(prep.std).view(3, 1, 1)

@@ -189,12 +189,13 @@ PIL_LUMA = (0.299, 0.587, 0.114)
 
 
 def preprocessor_config(prep: EvalPreprocessing) -> dict:
-    """preprocessor_config.json of DeiTImageProcessor for our evaluation transform: the shorter side to
-    prep.resize (bicubic), centre crop, x / 255, then mean and std."""
+    """preprocessor_config.json for our evaluation transform: the shorter side to prep.resize (bicubic), centre
+    crop, x / 255, then mean and std. BitImageProcessor does exactly these steps in transformers 4 and 5 (DINOv2's
+    ViTs are published with it); DeiTImageProcessor resizes to a fixed height and width in transformers 4."""
     if prep.interpolation != "bicubic":
         raise ValueError(f"interpolation {prep.interpolation!r} has no preprocessor_config.json here (bicubic only)")
     return {
-        "image_processor_type": "DeiTImageProcessor",
+        "image_processor_type": "BitImageProcessor",
         "do_convert_rgb": True,
         "do_resize": True,
         "size": {"shortest_edge": prep.resize},
