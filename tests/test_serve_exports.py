@@ -106,6 +106,24 @@ def test_timm_local_dir_loads_with_equal_logits(student, tmp_path):
 
 
 @torch.no_grad()
+def test_a_grayscale_vit_without_token_serves_too(tmp_path):
+    # ViTForImageClassification and timm's VisionTransformer; HF gets the 3-channel (luma) patch embedding.
+    ours = perturb_(create_model("deit_micro_patch4_28"))
+    run = make_run_dir(ours, tmp_path / "run", [f"class {i}" for i in range(10)], (0.3,), (0.4,), (28, 28))
+    for layout in ("timm", "hf"):
+        assert cli_main(["convert", str(run), str(tmp_path / layout), "--layout", layout]) == 0
+    gray = torch.randint(0, 256, (3, 1, 28, 28), generator=torch.Generator().manual_seed(0)).float() / 255
+    expected = ours((gray - 0.3) / 0.4).logits
+    served_timm = timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True).eval()
+    assert type(served_timm).__name__ == "VisionTransformer"
+    torch.testing.assert_close(served_timm((gray - 0.3) / 0.4), expected, rtol=0, atol=1e-5)
+    served_hf = transformers.AutoModelForImageClassification.from_pretrained(tmp_path / "hf").eval()
+    assert type(served_hf).__name__ == "ViTForImageClassification" and served_hf.config.id2label[9] == "class 9"
+    torch.testing.assert_close(served_hf(pixel_values=((gray - 0.3) / 0.4).expand(-1, 3, -1, -1)).logits, expected,
+                               rtol=0, atol=1e-4)
+
+
+@torch.no_grad()
 @pytest.mark.parametrize("combine", ["cls", "dist"])
 def test_a_single_head_rule_is_kept_by_libraries_that_average_the_heads(combine, tmp_path):
     ours = perturb_(create_model("deit_micro_distilled_patch4_32", combine=combine))

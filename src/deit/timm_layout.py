@@ -1,7 +1,7 @@
 """timm's hub layout of a DeiT / ViT: config.json + model.safetensors, what
-`timm.create_model("local-dir:DIR", pretrained=True)` (or "hf-hub:ORG/NAME" once uploaded) builds and loads. Our
-state dict is timm's already; the config names a timm DeiT architecture and gives all its sizes in model_args (timm
-1.0 passes them to the architecture's function), so a size timm has no name for builds too."""
+`timm.create_model("local-dir:DIR", pretrained=True)` builds and loads (timm 1.0.16+). Our state dict is timm's
+already; the config names a timm DeiT architecture and gives all its sizes in model_args (which timm passes to the
+architecture's function), so a size timm has no name for builds too."""
 
 from __future__ import annotations
 
