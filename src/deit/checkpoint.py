@@ -17,11 +17,13 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from .fileio import atomic_write, write_json
-from .hf_layout import deit_to_hf, hf_config, hf_to_deit, is_hf, vit_config_from_hf
+from .data.preprocessing import EvalPreprocessing, assumed_imagenet_preprocessing, eval_preprocessing, run_classes
+from .hf_layout import hf_export, hf_to_deit, is_hf, vit_config_from_hf
 from .models import (
     ViTConfig,
     VisionTransformer,
     create_model,
+    heads_for_mean_logits,
     list_models,
     model_config,
     model_family,
@@ -30,6 +32,7 @@ from .models import (
 )
 from .models.vit import to_2tuple
 from .safe_read import is_safetensors, read_json, read_safetensors, torch_load_weights_only
+from .timm_layout import timm_export
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 HF_WEIGHTS_NAMES = ("model.safetensors", "pytorch_model.bin")
 FORMATS = ("deit", "official", "timm", "hf")
-LAYOUTS = ("deit", "hf")
+LAYOUTS = ("deit", "hf", "timm")
 
 
 @dataclass
@@ -316,7 +319,9 @@ def resample_pos_embed(pos_embed: Tensor, new_grid, num_prefix_tokens: int, old_
 
 def convert_checkpoint(src, dst, *, layout: str = "deit", model: str | None = None) -> Path:
     """Read any supported checkpoint and write it to a new directory `dst`: layout "deit" (our run layout:
-    model.safetensors + config.json) or "hf" (an HF transformers directory in the v4 key layout).
+    model.safetensors + config.json), "hf" (an HF transformers directory in the v4 key layout, with
+    preprocessor_config.json) or "timm" (timm's hub layout). A run directory's class names and evaluation transform
+    go with hf and timm; any other checkpoint gets LABEL_i and DeiT's ImageNet evaluation.
     model: a registered name, needed when src carries no architecture and its shapes do not tell it."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -329,10 +334,34 @@ def convert_checkpoint(src, dst, *, layout: str = "deit", model: str | None = No
         save_model(net, dst, name=model or registered_name(net))
         return dst
     if not isinstance(net, VisionTransformer):
-        raise ValueError(f"only ViT/DeiT models have a Hugging Face layout, not {type(net).__name__}")
-    if net.config.distilled and net.config.combine != "mean_logits":
-        log.info("the HF model averages the two heads' logits; combine=%r is not kept", net.config.combine)
+        raise ValueError(f"only ViT/DeiT models have a {layout} layout here, not {type(net).__name__}")
+    prep, classes = _serving_record(Path(src), net.config)
+    state_dict = net.state_dict()
+    if net.config.distilled:  # both libraries average the two heads' logits
+        state_dict = heads_for_mean_logits(state_dict, net.config.combine)
+        if net.config.combine == "mean_softmax":
+            log.info("the %s model averages the two heads' logits; combine='mean_softmax' is not kept", layout)
+    if layout == "hf":
+        tensors, configs = hf_export(state_dict, net.config, prep, classes)
+    else:
+        tensors, configs = timm_export(state_dict, net.config, prep, classes, model or registered_name(net))
     dst.mkdir(parents=True, exist_ok=True)
-    _write_safetensors(dst / "model.safetensors", deit_to_hf(net.state_dict()), {"format": "pt"})
-    write_json(dst / CONFIG_NAME, hf_config(net.config))
+    _write_safetensors(dst / WEIGHTS_NAME, tensors, {"format": "pt"})
+    for name, config in configs.items():
+        write_json(dst / name, config)
     return dst
+
+
+def _serving_record(src: Path, config: ViTConfig) -> tuple[EvalPreprocessing, list[str] | None]:
+    """A run directory's evaluation transform and class names; DeiT's ImageNet evaluation and no names for any
+    other checkpoint."""
+    if is_run_dir(src) and "preprocessing" in (run := read_json(src / CONFIG_NAME)):
+        prep = eval_preprocessing(run, str(src))
+        if (prep.in_chans, (prep.img_size, prep.img_size)) != (config.in_chans, config.img_size):
+            raise ValueError(f"{src} records {prep.in_chans}-channel {prep.img_size} px images for a model of "
+                             f"{config.in_chans} channels at {config.img_size[0]}x{config.img_size[1]} px")
+        return prep, run_classes(run)
+    if config.img_size[0] != config.img_size[1]:
+        raise ValueError(f"{src}: a {config.img_size[0]}x{config.img_size[1]} px model; only square ones export")
+    log.info("%s records no preprocessing: writing DeiT's ImageNet evaluation (crop 0.875, ImageNet mean/std)", src)
+    return assumed_imagenet_preprocessing(config.img_size[0], config.in_chans), None

@@ -1,14 +1,17 @@
 """The Hugging Face transformers layout of a DeiT / ViT: its state-dict keys (v4 checkpoint spelling and the
-transformers-5 in-memory one) and its config.json, to and from ours (official = timm = ours)."""
+transformers-5 in-memory one) and its config.json, to and from ours (official = timm = ours); and the files of a
+directory `transformers.pipeline("image-classification", model=DIR)` serves: class names, preprocessor_config.json."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 
 import torch
 from torch import Tensor
 
+from .data.preprocessing import EvalPreprocessing
 from .models import ViTConfig
 from .models.vit import to_2tuple
 
@@ -119,10 +122,13 @@ def deit_to_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def hf_config(model_config: ViTConfig) -> dict:
-    """config.json of the HF model deit_to_hf's weights fit (layer_norm_eps 1e-6, as the models were trained)."""
+def hf_config(model_config: ViTConfig, classes: list[str] | None = None) -> dict:
+    """config.json of the HF model deit_to_hf's weights fit (layer_norm_eps 1e-6, as the models were trained);
+    id2label: the class names, LABEL_i without them."""
     c = model_config
-    num_classes = c.num_classes
+    classes = classes or [f"LABEL_{i}" for i in range(c.num_classes)]
+    if len(classes) != c.num_classes or len(set(classes)) != len(classes):
+        raise ValueError(f"{len(classes)} class names for a model of {c.num_classes} classes, or names repeated")
     h, w = c.img_size
     config = {
         "architectures": ["DeiTForImageClassificationWithTeacher" if c.distilled else "ViTForImageClassification"],
@@ -141,8 +147,8 @@ def hf_config(model_config: ViTConfig) -> dict:
         "num_channels": c.in_chans,
         "qkv_bias": c.qkv_bias,
         "encoder_stride": c.patch_size,
-        "id2label": {str(i): f"LABEL_{i}" for i in range(num_classes)},
-        "label2id": {f"LABEL_{i}": i for i in range(num_classes)},
+        "id2label": {str(i): name for i, name in enumerate(classes)},
+        "label2id": {name: i for i, name in enumerate(classes)},
     }
     return config
 
@@ -176,3 +182,47 @@ def vit_config_from_hf(hf: dict) -> ViTConfig:
         # DeiTForImageClassification predicts from the class token alone (see hf_to_deit).
         combine="cls" if architecture == "DeiTForImageClassification" else "mean_logits",
     )
+
+
+# PIL's conversion to "L" (ITU-R 601-2 luma), how our data loaders make a grayscale image of a colour one.
+PIL_LUMA = (0.299, 0.587, 0.114)
+
+
+def preprocessor_config(prep: EvalPreprocessing) -> dict:
+    """preprocessor_config.json for our evaluation transform: the shorter side to prep.resize (bicubic), centre
+    crop, x / 255, then mean and std. BitImageProcessor does exactly these steps in transformers 4 and 5 (DINOv2's
+    ViTs are published with it); DeiTImageProcessor resizes to a fixed height and width in transformers 4."""
+    if prep.interpolation != "bicubic":
+        raise ValueError(f"interpolation {prep.interpolation!r} has no preprocessor_config.json here (bicubic only)")
+    return {
+        "image_processor_type": "BitImageProcessor",
+        "do_convert_rgb": True,
+        "do_resize": True,
+        "size": {"shortest_edge": prep.resize},
+        "resample": 3,  # PIL.Image.BICUBIC
+        "do_center_crop": True,
+        "crop_size": {"height": prep.img_size, "width": prep.img_size},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(prep.mean),
+        "image_std": list(prep.std),
+    }
+
+
+def hf_export(state_dict: dict[str, Tensor], config: ViTConfig, prep: EvalPreprocessing,
+              classes: list[str] | None) -> tuple[dict[str, Tensor], dict[str, dict]]:
+    """What an HF directory of our model holds: its weights in the v4 layout, and {file name: JSON}: config.json
+    (with the class names) and preprocessor_config.json (the evaluation transform).
+
+    transformers' pipeline hands every image over as RGB, so a 1-channel model is written as a 3-channel one whose
+    patch embedding weighs R, G and B as PIL's grayscale conversion does (mean and std repeated): on a gray image
+    (R = G = B) its logits are the model's, on a colour one those of its grayscale version up to PIL's rounding of
+    that version to 8 bits."""
+    if config.in_chans == 1:
+        luma = torch.tensor(PIL_LUMA).view(1, 3, 1, 1)
+        state_dict = {**state_dict, "patch_embed.proj.weight": state_dict["patch_embed.proj.weight"] * luma}
+        config = dataclasses.replace(config, in_chans=3)
+        prep = dataclasses.replace(prep, in_chans=3, mean=prep.mean * 3, std=prep.std * 3)
+    files = {"config.json": hf_config(config, classes), "preprocessor_config.json": preprocessor_config(prep)}
+    return deit_to_hf(state_dict), files

@@ -9,6 +9,7 @@ import torch
 
 from .checkpoint import load_run
 from .data import IMAGE_EXTENSIONS, FolderData, ImageData, image_files, make_loader, read_images
+from .data.preprocessing import eval_preprocessing, run_classes
 from .engine.evaluate import predict
 from .engine.precision import resolve_precision
 from .engine.runtime import resolve_device
@@ -49,20 +50,14 @@ def classify_files(run_dir, paths, *, weights: str = "model", top_k: int = 5, ba
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     files = gather_image_files(paths)
     model, saved = load_run(run_dir, weights)
-    prep = saved.get("preprocessing")
-    if not prep:
-        raise ValueError(f"{run_dir} records no preprocessing (mean, std, size): it was not written by `deit train`")
-    height, width = prep["img_size"]
-    if height != width:
-        raise ValueError(f"{run_dir} trained on {height}x{width} images; prediction decodes square images only")
-    classes = saved.get("data", {}).get("classes") or [str(i) for i in range(saved["data"]["num_classes"])]
-    grayscale, mean, std = prep["in_chans"] == 1, tuple(prep["mean"]), tuple(prep["std"])
-    stream = saved.get("data", {}).get("stream")
-    if stream:  # a streamed folder's run: its eval transform (resize to img_size / eval_crop_ratio, centre crop)
-        data = FolderData.from_files(files, classes, grayscale, height, stream["eval_crop_ratio"], mean, std)
+    prep, classes = eval_preprocessing(saved, str(run_dir)), run_classes(saved)
+    grayscale = prep.in_chans == 1
+    if prep.streamed:  # a streamed folder's run: its eval transform (resize to img_size / eval_crop_ratio, crop)
+        data = FolderData.from_files(files, classes, grayscale, prep.img_size, prep.crop_ratio, prep.mean, prep.std)
     else:  # an in-memory run: decoded as its data was (shorter side to img_size, centre crop)
-        images = read_images(files, height, grayscale=grayscale)
-        data = ImageData(images, torch.zeros(len(files), dtype=torch.int64), classes, mean, std, "files", "val")
+        images = read_images(files, prep.img_size, grayscale=grayscale)
+        data = ImageData(images, torch.zeros(len(files), dtype=torch.int64), classes, prep.mean, prep.std, "files",
+                         "val")
     torch_device = resolve_device(device)
     loader = make_loader(data, batch_size, train=False, device=torch_device, num_workers=num_workers)
     out = predict(model.to(torch_device), loader, torch_device, resolve_precision(precision, torch_device))

@@ -106,6 +106,22 @@ def combine_heads(cls_logits: torch.Tensor, dist_logits: torch.Tensor, rule: str
     raise ValueError(f"combine must be one of {COMBINE_RULES}, got {rule!r}")
 
 
+def heads_for_mean_logits(state_dict: dict[str, torch.Tensor], rule: str) -> dict[str, torch.Tensor]:
+    """A distilled state dict whose mean of the heads' logits is what `rule` predicts, for libraries that only
+    average them (timm, transformers): "cls" / "dist" double the chosen head and zero the other, so the mean is that
+    head's logits exactly (x2 is exact in floating point; the heads' separate outputs become 2x and 0).
+    mean_softmax has no such form (the same top-1 in most cases, not all): the heads are kept."""
+    if rule not in ("cls", "dist") or "head_dist.weight" not in state_dict:
+        return state_dict
+    keep, drop = ("head", "head_dist") if rule == "cls" else ("head_dist", "head")
+    out = dict(state_dict)
+    for kind in ("weight", "bias"):
+        if f"{keep}.{kind}" in out:
+            out[f"{keep}.{kind}"] = out[f"{keep}.{kind}"] * 2
+            out[f"{drop}.{kind}"] = torch.zeros_like(out[f"{drop}.{kind}"])
+    return out
+
+
 class DropPath(nn.Module):
     """Stochastic depth: drop the residual branch per sample, rescaling the kept ones."""
 
