@@ -110,22 +110,27 @@ def run_pipeline(output: str | Path = "runs/pipeline", minutes: float | None = 2
     fixed = {"teacher": "teacher_epochs" in options, "none": "student_epochs" in options,
              "token": "student_epochs" in options}
     end = started + (minutes or 0) * 60 - FINAL_RESERVE_S
-    metrics = {}
+    metrics, timing = {}, {}
     for i, (name, config) in enumerate(configs.items()):
+        now = time.monotonic()
+        budget_s = None
         if minutes is not None and not fixed[name]:
             later = list(configs)[i:]
-            budget_s = (end - time.monotonic()) * shares[name] / sum(shares[n] for n in later)
+            budget_s = (end - now) * shares[name] / sum(shares[n] for n in later)
             if budget_s < MIN_RUN_S:
                 print(f"deit pipeline: {budget_s:.0f} s left for the {LABELS[name]} run of the {minutes:g} min; it "
                       f"gets {MIN_RUN_S} s and the pipeline will run over (give more --minutes)", flush=True)
-            config = config.replace(time_budget_minutes=max(budget_s, MIN_RUN_S) / 60)
+                budget_s = MIN_RUN_S
+            config = config.replace(time_budget_minutes=budget_s / 60)
         metrics[name] = fit_or_reuse(config).metrics
+        # where the minutes went (this call's: a reused run takes none)
+        timing[name] = {"start_s": now - started, "budget_s": budget_s, "wall_s": time.monotonic() - now}
     rows = table_rows(configs, metrics)
     gain = metrics["token"]["top1"] - metrics["none"]["top1"] if "none" in metrics else None
     table = format_table(rows, gain)
     base = pipeline_dir(output, setting, configs["teacher"].seed)
     result = {"setting": setting, "seed": configs["teacher"].seed, "minutes": minutes, "rows": rows, "gain": gain,
-              "table": table, "run_dirs": {name: c.output for name, c in configs.items()},
+              "table": table, "run_dirs": {name: c.output for name, c in configs.items()}, "timing": timing,
               "disagreement_student_teacher": metrics["token"].get("disagree_logits_teacher"), "dir": str(base)}
     write_json(base / "pipeline.json", result)
     write_text(base / "pipeline.md", table + "\n")
