@@ -93,9 +93,10 @@ def format_table(rows: list[dict[str, Any]], gain: float | None = None) -> str:
                      f"{r['images_per_s']:.0f} |")
     if gain is not None:
         lines += ["", f"**Gain of the distillation token: {gain:+.2f} points** (token combined − no distillation). "
-                      "It is what the convnet teacher, through the distillation token, adds to the test top-1 of "
-                      "the same transformer trained on the same images with the same recipe, seed and minutes "
-                      "without it; one seed only (the small-canvas study measured about ±1.2 points between seeds)."]
+                      "It is how many points of test top-1 the convnet teacher adds, through the distillation "
+                      "token, to the same transformer trained without it on the same images with the same recipe, "
+                      "seed and minutes (or epochs); one seed says little (the small-canvas study's seeds differed "
+                      "by about ±1.2 points)."]
     return "\n".join(lines)
 
 
