@@ -19,6 +19,7 @@ from typing import Any
 
 from .config import TrainConfig, preset_config
 from .engine import fit_or_reuse
+from .engine.run_dir import read_run_config
 from .fileio import write_json, write_text
 from .reproduce.studies import (SMALL_CANVAS_DISTILLED, SMALL_CANVAS_RECIPE, SMALL_CANVAS_STUDENT,
                                 SMALL_CANVAS_TEACHER)
@@ -123,6 +124,10 @@ def run_pipeline(output: str | Path = "runs/pipeline", minutes: float | None = 2
                       f"gets {MIN_RUN_S} s and the pipeline will run over (give more --minutes)", flush=True)
                 budget_s = MIN_RUN_S
             config = config.replace(time_budget_minutes=budget_s / 60)
+        if name == "token" and "none" in metrics and config.precision == "auto":
+            # Both students in one precision (the probe, run per model, may choose apart: a noisy machine, or the
+            # teacher's forward in the token student's step): they differ only in the token and its teacher.
+            config = config.replace(precision=read_run_config(configs["none"].output)["precision"])
         metrics[name] = fit_or_reuse(config).metrics
         # where the minutes went (this call's: a reused run takes none)
         timing[name] = {"start_s": now - started, "budget_s": budget_s, "wall_s": time.monotonic() - now}
