@@ -3,63 +3,89 @@
 import json
 import shlex
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 from deit.cli import build_parser
 from deit.cli.train import config_from_args
-from deit.pipeline import FINAL_RESERVE_S, run_pipeline
+from deit.pipeline import FINAL_RESERVE_S, MIN_RUN_S, SMALL_SHARES, pipeline_configs, run_pipeline
 from deit.reproduce import (STUDIES, encode_predictions, plot_study, render_tables, row_config, run_study,
                             train_command)
 
 
-def test_pipeline_trains_teacher_then_student_and_reuses_them(tmp_path, fmnist_dir, capsys, small_val):
-    options = dict(data_dir=fmnist_dir, train_subset=600, teacher_epochs=1, student_epochs=1,
-                   progress=False, threads=2, precision="fp32", teacher_model="resnet8_small")
+def test_pipeline_trains_teacher_none_and_token_and_reuses_them(tmp_path, fmnist_dir, capsys, small_val):
+    options = dict(data_dir=fmnist_dir, train_subset=256, teacher_epochs=1, student_epochs=1,
+                   progress=False, threads=2, precision="fp32")
     first = run_pipeline(tmp_path / "p", **options)
-    predictions = [r["prediction"] for r in first["rows"]]
-    assert predictions == ["teacher", "class head", "distillation head", "combined (mean_logits)"]
-    assert all(0 <= r["top1"] <= 100 and r["params"] > 0 for r in first["rows"])
-    assert (tmp_path / "p" / "pipeline.md").read_text().startswith("| model |")
+    base = tmp_path / "p" / "small-s0"
+    assert [r["prediction"] for r in first["rows"]] == [
+        "teacher", "no distillation", "distillation token: class head", "distillation token: distillation head",
+        "distillation token: combined (mean_logits)"]
+    runs = {name: json.loads((base / name / "metrics.json").read_text()) for name in ("teacher", "none", "token")}
+    assert [r["top1"] for r in first["rows"]] == [runs["teacher"]["top1"], runs["none"]["top1"],
+                                                  runs["token"]["top1_cls"], runs["token"]["top1_dist"],
+                                                  runs["token"]["top1"]]
+    assert first["gain"] == pytest.approx(runs["token"]["top1"] - runs["none"]["top1"])
+    table = (base / "pipeline.md").read_text()
+    assert all(f"| {r['prediction']} | {r['top1']:.2f} |" in table for r in first["rows"])
+    assert f"**Gain of the distillation token: {first['gain']:+.2f} points**" in table
+    # The two students differ only in the token and its teacher: same images (canvas, subset), recipe and seed.
+    none, token = (json.loads((base / name / "config.json").read_text())["train"] for name in ("none", "token"))
+    differing = {k for k in none if none[k] != token[k]}
+    assert differing == {"model", "teacher", "distillation", "output"}, differing
+    assert (token["teacher"], token["distillation"], none["canvas"], none["train_subset"]) == \
+           (str(base / "teacher"), "hard", 40, 256)
     capsys.readouterr()
     second = run_pipeline(tmp_path / "p", **options)
-    out = capsys.readouterr().out
-    assert out.count("reusing the finished run") == 2
+    assert capsys.readouterr().out.count("reusing the finished run") == 3
     assert second["rows"] == first["rows"]
-    student_config = json.loads((tmp_path / "p" / "student" / "config.json").read_text())["train"]
-    assert student_config["distillation"] == "hard" and student_config["teacher"].endswith("teacher")
+    # Another seed: every run of its own, in a folder of its own (nothing reused, nothing refused).
+    reseeded = pipeline_configs("small", tmp_path / "p", **{**options, "seed": 1})
+    assert all(c.seed == 1 and Path(c.output).parent == tmp_path / "p" / "small-s1" for c in reseeded.values())
+    assert reseeded["token"].teacher == reseeded["teacher"].output
 
 
-def test_pipeline_minutes_size_both_schedules_to_the_budget(tmp_path, fmnist_dir):
+def test_pipeline_minutes_size_every_schedule_to_its_share(tmp_path, fmnist_dir, small_val):
     # No wall-clock assertion (shared machines); what is checked: each run calibrated its schedule against its
-    # share of the budget and the table says how many epochs each got.
-    options = dict(data_dir=fmnist_dir, train_subset=600, progress=False, threads=2, precision="fp32",
-                   teacher_model="resnet8_small")
+    # share of what was left of the budget and ended where its schedule did; the table says how many epochs each got.
+    options = dict(data_dir=fmnist_dir, train_subset=256, progress=False, threads=2, precision="fp32")
     result = run_pipeline(tmp_path / "p", minutes=2.0, **options)
-    teacher = json.loads((tmp_path / "p" / "teacher" / "config.json").read_text())
-    student = json.loads((tmp_path / "p" / "student" / "config.json").read_text())
-    assert teacher["train"]["time_budget_minutes"] == 0.5
-    # what the teacher left after the final reserve (at least a minute); how much the teacher used is the
-    # calibration's business (a 30-s toy budget can end well short of it), not a timing this test may assert
-    assert 1.0 <= student["train"]["time_budget_minutes"] < 2.0 - FINAL_RESERVE_S / 60
-    for run, saved in (("teacher", teacher), ("student", student)):
-        plan = saved["schedule"]
-        assert plan["budget_s"] == pytest.approx(saved["train"]["time_budget_minutes"] * 60)
-        assert plan["epochs"] == pytest.approx(plan["total_steps"] / saved["steps_per_epoch"])
-        log = [json.loads(line) for line in (tmp_path / "p" / run / "log.jsonl").read_text().splitlines()]
+    base = tmp_path / "p" / "small-s0"
+    saved = {name: json.loads((base / name / "config.json").read_text()) for name in ("teacher", "none", "token")}
+    budgets = {name: s["train"]["time_budget_minutes"] * 60 for name, s in saved.items()}
+    # Each run: its share of what was left of the minutes (less the final reserve) when it started, never below
+    # MIN_RUN_S: an early or late run moves the later ones, not the end.
+    usable = 2.0 * 60 - FINAL_RESERVE_S
+    timing, later = result["timing"], list(SMALL_SHARES)
+    for i, name in enumerate(later):
+        share = SMALL_SHARES[name] / sum(SMALL_SHARES[n] for n in later[i:])
+        assert budgets[name] == pytest.approx(max(share * (usable - timing[name]["start_s"]), MIN_RUN_S))
+        assert timing[name]["start_s"] >= (timing[later[i - 1]]["start_s"] + timing[later[i - 1]]["wall_s"] if i else 0)
+    for name, s in saved.items():
+        plan = s["schedule"]
+        assert plan["budget_s"] == pytest.approx(budgets[name])
+        assert plan["epochs"] == pytest.approx(plan["total_steps"] / s["steps_per_epoch"])
+        log = [json.loads(line) for line in (base / name / "log.jsonl").read_text().splitlines()]
         assert log[-1]["step"] == plan["total_steps"]  # the run ended where its schedule did
-    epochs = [r["epochs"] for r in result["rows"]]
-    assert epochs[0] == teacher["schedule"]["epochs"] and epochs[1] == student["schedule"]["epochs"]
-    assert "| epochs |" in result["table"]
+    assert [r["epochs"] for r in result["rows"]][:3] == [saved[n]["schedule"]["epochs"] for n in ("teacher", "none", "token")]
+    assert "| epochs |" in result["table"] and result["gain"] is not None
 
 
-def test_pipeline_refuses_a_directory_holding_other_settings(tmp_path, fmnist_dir, small_val):
+def test_pipeline_full_setting_keeps_teacher_and_distilled_student(tmp_path, fmnist_dir, small_val):
     options = dict(data_dir=fmnist_dir, train_subset=300, teacher_epochs=1, student_epochs=1,
                    progress=False, teacher_model="resnet8_small", precision="fp32")
-    run_pipeline(tmp_path / "p", **options)
+    result = run_pipeline(tmp_path / "p", setting="full", **options)
+    assert [r["prediction"] for r in result["rows"]] == [
+        "teacher", "distillation token: class head", "distillation token: distillation head",
+        "distillation token: combined (mean_logits)"]
+    assert result["gain"] is None and "Gain" not in result["table"]
+    student = json.loads((tmp_path / "p" / "full-s0" / "token" / "config.json").read_text())
+    assert student["train"]["distillation"] == "hard" and student["train"]["canvas"] is None
+    assert student["data"]["img_size"] == [28, 28]
     with pytest.raises(ValueError, match="other settings .*epochs"):
-        run_pipeline(tmp_path / "p", **{**options, "teacher_epochs": 2})
+        run_pipeline(tmp_path / "p", setting="full", **{**options, "teacher_epochs": 2})
 
 
 @pytest.mark.parametrize("study", sorted(STUDIES))

@@ -119,20 +119,27 @@ def data_efficiency_study(student_epochs: int = 10, teacher_epochs: int = 6) -> 
 STUDIES["fmnist-data-efficiency"] = data_efficiency_study()
 
 
+# The small-canvas setting (also the default of `deit pipeline`): 4,000 Fashion-MNIST training images (400 a class,
+# the same subset for every seed) each at a fixed seeded position on a 40x40 black canvas; 8-px patches (25 tokens);
+# over the fmnist-cpu preset, the DeiT recipe with label-noisy augmentation; the resnet8_tiny teacher (cnn-small
+# preset) on the same images with crops and flips.
+SMALL_CANVAS_DATA = dict(canvas=40, train_subset=4000, subset_seed=0)
+SMALL_CANVAS_STUDENT, SMALL_CANVAS_DISTILLED = "deit_mini_patch8_32", "deit_mini_distilled_patch8_32"
+SMALL_CANVAS_RECIPE = dict(warmup_epochs=5, drop_path=0.1, crop="rrc", rrc_scale_min=0.25, hflip=0.5,
+                           randaugment="rand-m9-mstd0.5-inc1", reprob=0.25, eval_every=10, **SMALL_CANVAS_DATA)
+SMALL_CANVAS_TEACHER = dict(model="resnet8_tiny", crop="rrc", rrc_scale_min=0.25, hflip=0.5, **SMALL_CANVAS_DATA)
+
+
 def small_canvas_study(epochs: int = 120, teacher_epochs: int = 120) -> Study:
-    """Small data where a convnet has an inductive bias to pass on (docs/results.md, "Small-data study"): 4,000
-    Fashion-MNIST training images (400 a class, the same subset for every seed) each at a fixed seeded position on
-    a 40x40 black canvas (test: all 10,000 test images, positions of their own); 8-px patches (25 tokens); the DeiT
-    recipe with label-noisy augmentation for ~7,400 optimizer steps; a resnet8_tiny teacher trained on the same
-    images and kind of views, every epoch's weights kept for the teacher of matched accuracy."""
-    student, distilled = "deit_mini_patch8_32", "deit_mini_distilled_patch8_32"
-    data = dict(canvas=40, train_subset=4000, subset_seed=0)
-    recipe = dict(epochs=epochs, warmup_epochs=5, drop_path=0.1, crop="rrc", rrc_scale_min=0.25, hflip=0.5,
-                  randaugment="rand-m9-mstd0.5-inc1", reprob=0.25, eval_every=10, **data)
+    """Small data where a convnet has an inductive bias to pass on (docs/results.md, "Small-data study"): the
+    small-canvas setting above (test: all 10,000 test images, positions of their own) for ~7,400 optimizer steps;
+    every epoch's weights of the teacher kept for the teacher of matched accuracy."""
+    student, distilled = SMALL_CANVAS_STUDENT, SMALL_CANVAS_DISTILLED
+    recipe = dict(epochs=epochs, **SMALL_CANVAS_RECIPE)
     hard = dict(model=distilled, distillation="hard", alpha=0.5, **recipe)
     teacher = Row("teacher-cnn", "convnet teacher (resnet8_tiny)",
-                  dict(model="resnet8_tiny", epochs=teacher_epochs, crop="rrc", rrc_scale_min=0.25, hflip=0.5,
-                       eval_every=1, keep_checkpoints=True, **data), preset="cnn-small")
+                  dict(epochs=teacher_epochs, eval_every=1, keep_checkpoints=True, **SMALL_CANVAS_TEACHER),
+                  preset="cnn-small")
     rows = (
         Row("none", "no distillation", dict(model=student, **recipe)),
         Row("soft", "usual distillation (soft, class head)",
