@@ -417,9 +417,13 @@ def plan_study(state: StudyRun, order: list[tuple[Row, int]], chosen: set[tuple[
     print(f"{sum(s.startswith('to train') for _, s in lines)} of {len(lines)} runs to train "
           f"(teachers are trained first when a student needs their weights){state.pace()}")
     if minutes:
+        import os
+
+        load, cores = os.getloadavg()[0], os.cpu_count()
+        busy = f"; measured under a load average of {load:.1f} on {cores} cores: other processes slowed it" \
+            if load > cores else ""
         print(f"estimated here: {sum(minutes.values()) / 60:.1f} h of training for the runs to train, one after "
-              f"another ({estimate_steps} steps of each kind timed now, with its evaluations; a loaded machine "
-              "is slower)")
+              f"another ({estimate_steps} steps of each kind timed now, with its evaluations{busy})")
     if hint:
         print(hint)
     return {"plan": lines, "minutes": minutes}
@@ -436,7 +440,9 @@ def estimate_minutes(state: StudyRun, runs: dict[str, Row], steps: int) -> dict[
     for name, row in runs.items():
         teacher = row.teacher or (row.match_candidates[0] if row.match_candidates else None)
         teacher_model = state.rows[teacher].options["model"] if teacher else None
-        config = preset_config(row.preset, **{**row_options(state.study, row), **state.execution})
+        # the teacher's weights are random ones written when timed (measure_run_seconds)
+        teacher_options = dict(teacher=teacher_model, teacher_weights="(random)") if teacher_model else {}
+        config = preset_config(row.preset, **{**row_options(state.study, row), **state.execution, **teacher_options})
         kind = (row.preset, config.model, teacher_model)
         if kind not in measured:
             n = int(config.train_subset) if config.train_subset and config.train_subset > 1 else \
