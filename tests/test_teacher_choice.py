@@ -142,7 +142,7 @@ def test_teacher_choice_at_toy_scale(tmp_path, fmnist_dir, monkeypatch, capsys, 
     readme = (out / "README.md").read_text()
     assert "held-out top-1" in readme and f"**{matched['teacher']}**" in readme and "Not yet decidable" in readme
     capsys.readouterr()
-    plan = dict(run_study(STUDY, output=out, runs_dir=runs, plan=True, estimate_steps=0, **toy)["plan"])
+    plan = dict(run_study(STUDY, output=out, runs_dir=runs, plan=True, **toy)["plan"])
     assert plan["token-cnn-matched-s0"].startswith("recorded") and matched["teacher"] in plan["token-cnn-matched-s0"]
     assert f"held-out top-1 {holdout['teacher-cnn-pico']['top1']:.2f} %" in plan["teacher-cnn-pico-s0"]
     assert plan["token-vit-teacher-s0"] == "to train" and list(plan)[:4] == [f"{k}-s0" for k in teachers[:4]]
@@ -158,3 +158,11 @@ def test_the_estimate_scales_measured_steps_and_evaluations(fmnist_dir, small_va
     measured = measure_run_seconds(config, None, 4000, steps=2)
     assert measured["step_s"] > 0 and measured["eval_s"] > 0
     assert measured["total_s"] == pytest.approx(120 * 31 * measured["step_s"] + 12 * measured["eval_s"])
+
+
+def test_plan_times_runs_by_default_from_the_command_line_only():
+    from deit.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["reproduce", "--preset", STUDY, "--plan"]).estimate_steps == 12
+    assert parser.parse_args(["reproduce", "--preset", STUDY, "--plan", "--estimate-steps", "0"]).estimate_steps == 0

@@ -339,7 +339,7 @@ def selected_runs(study: Study, rows: list[str] | None = None, seeds: list[int] 
 
 def run_study(name: str, output: str | Path | None = None, runs_dir: str | Path | None = None,
               rows: list[str] | None = None, seeds: list[int] | None = None, plan: bool = False,
-              merge: list[str | Path] = (), estimate_steps: int = 12, **execution: Any) -> dict[str, Any]:
+              merge: list[str | Path] = (), estimate_steps: int = 0, **execution: Any) -> dict[str, Any]:
     """Train every row of a study in its schedule's order (reusing recorded and finished runs), writing its
     tables, plot, commands and records to `output` after every student run. rows / seeds: train only these (the
     recorded results of the others stay in the tables); a row's teacher is trained when it needs one.
