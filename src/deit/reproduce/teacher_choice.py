@@ -27,20 +27,20 @@ def verdict(study: Study, results: dict, claim: PairedDifference | None) -> str:
     if claim is None or claim.low is None:
         return "Not yet decidable: the claim needs paired runs of both rows at two seeds or more."
     matched = results.get("matched", {}).get(study.comparisons[0][0])
-    caveat = ""
-    if matched and matched["gap"] > matched["tolerance"]:
-        caveat = (f" But the teachers are not matched: the chosen convnet is {matched['gap']:.2f} points from the "
-                  f"transformer on the held-out split (tolerance {matched['tolerance']}): this does not test the claim.")
     provisional = "" if len(claim.seeds) >= planned else f" Provisional: {len(claim.seeds)} of {planned} seeds."
     interval = f"{claim.mean:+.2f} points, 95 % interval [{claim.low:+.2f}, {claim.high:+.2f}] over " \
                f"{len(claim.seeds)} seeds"
+    if matched and matched["gap"] > matched["tolerance"]:
+        return (f"**Not a test of the claim**: the teachers are not matched (the chosen convnet is "
+                f"{matched['gap']:.2f} points from the transformer on the held-out split; tolerance "
+                f"{matched['tolerance']}). By the numbers: {interval}.")
     if claim.low > 0:
         words = f"**The claim holds here**: the student learns more from the convnet ({interval}: excludes 0)."
     elif claim.high < 0:
         words = f"**The opposite holds here**: the student learns more from the transformer ({interval}: excludes 0)."
     else:
         words = f"**Not shown**: no difference beyond noise between the two teachers ({interval}: contains 0)."
-    return words + provisional + caveat
+    return words + provisional
 
 
 def _teacher_rows(study: Study) -> list[str]:
