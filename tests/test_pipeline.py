@@ -93,8 +93,8 @@ def test_reproduce_commands_rebuild_the_same_configs(study, tmp_path):
     """commands.txt is exact: each printed command parses back to the run's config."""
     s = STUDIES[study]
     for row in s.teachers + s.rows:
-        if row.teacher_checkpoint is not None:
-            continue  # its teacher is chosen from finished runs: tests/test_small_canvas.py
+        if row.teacher_checkpoint is not None or row.match_to is not None:
+            continue  # its teacher is chosen from finished runs: tests/test_small_canvas.py, test_teacher_choice.py
         config = row_config(s, row, 1, tmp_path)
         command = train_command(config, row.preset)
         args = build_parser().parse_args(shlex.split(command)[1:])

@@ -29,6 +29,9 @@ def register(sub) -> None:
                         "e.g. rows trained on another machine; repeatable")
     p.add_argument("--plan", action="store_true",
                    help="train nothing: list every run and what this command would do with it")
+    p.add_argument("--estimate-steps", type=int, default=12,
+                   help="with --plan: time this many training steps of each kind of run to train and give the minutes "
+                        "each should take here (0: no estimate)")
     p.set_defaults(func=run)
 
 
@@ -50,7 +53,7 @@ def run(args) -> int:
 
     execution = {k: getattr(args, k) for k in EXECUTION if getattr(args, k) is not None}
     results = run_study(args.preset, args.output, args.runs_dir, rows=args.rows, seeds=args.seeds, plan=args.plan,
-                        merge=args.merge, **execution)
+                        merge=args.merge, estimate_steps=args.estimate_steps, **execution)
     if not args.plan:
         print(results["table"])
     return 0

@@ -45,3 +45,16 @@ def stratified_subset(labels: torch.Tensor, size: int | float, seed: int) -> tor
         members = torch.nonzero(labels == c).flatten()
         chosen.append(members[torch.randperm(len(members), generator=generator)[:k]])
     return torch.sort(torch.cat(chosen)).values
+
+
+def held_out_subset(labels: torch.Tensor, excluded: torch.Tensor, size: int | float, seed: int) -> torch.Tensor:
+    """Sorted indices of a class-stratified random subset of the samples *not* in `excluded` (e.g. a validation
+    split held out of the training images a run's --train-subset leaves unused): `size` as in stratified_subset,
+    counted over the remaining samples. Drawn with its own seed stream, so it never mirrors the excluded draw."""
+    labels = torch.as_tensor(labels).long()
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[torch.as_tensor(excluded).long()] = False
+    pool = torch.nonzero(keep).flatten()
+    if len(pool) == 0:
+        raise ValueError("no sample is left to hold out: the excluded indices cover the whole split")
+    return pool[stratified_subset(labels[pool], size, derive_seed(seed, "held-out"))]

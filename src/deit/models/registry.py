@@ -57,6 +57,11 @@ for _size, _patch28, _patch32, _arch in _SMALL:
                            distilled=_distilled, **_arch)
 
 # CIFAR-style ResNets (6n+2 layers) for 28-32 px inputs: the convnet teachers.
+# pico/nano/micro: the same net at 1/8, 1/4, 1/2 of tiny's width, convnets of graded capacity (teachers matched
+# to a transformer's accuracy: deit reproduce --preset fmnist-teacher-choice).
+register_model("resnet8_pico", "resnet", blocks_per_stage=(1, 1, 1), width=2)
+register_model("resnet8_nano", "resnet", blocks_per_stage=(1, 1, 1), width=4)
+register_model("resnet8_micro", "resnet", blocks_per_stage=(1, 1, 1), width=8)
 register_model("resnet8_tiny", "resnet", blocks_per_stage=(1, 1, 1), width=16)
 register_model("resnet8_small", "resnet", blocks_per_stage=(1, 1, 1), width=32)
 register_model("resnet14_small", "resnet", blocks_per_stage=(2, 2, 2), width=32)

@@ -82,10 +82,10 @@ def render_tables(study: Study, results: dict) -> str:
     if done < planned:
         lines += ["", f"**Partial: {done} of {planned} student runs finished** (rerun the command to continue); "
                       "a value without ± comes from one seed."]
-    if results["teachers"]:
+    if results["teachers"] and not study.comparisons:
         lines += ["", "## Teachers", "", "| teacher | params | top-1 |", "|---|---|---|"]
-    for key, t in results["teachers"].items():
-        lines.append(f"| {t['label']} | {t['params']:,} | {t['top1']:.2f} |")
+        for key, t in results["teachers"].items():
+            lines.append(f"| {t['label']} | {t['params']:,} | {t['top1']:.2f} |")
     if study.name.endswith("data-efficiency"):
         lines += ["", "## Data efficiency (every run takes the same number of optimizer steps)", "",
                   f"Each fraction's teacher ({CNN_TEACHER}) is trained on the same subset as its students.", "",
@@ -112,6 +112,10 @@ def render_tables(study: Study, results: dict) -> str:
     table3 = [r for r in _rows_for_table3(study, results) if r[1] in variants]
     for label, _, values in table3:
         lines.append(f"| {label} | {_mean_std(values)} |")
+    if study.comparisons:  # a study of paired comparisons (fmnist-teacher-choice) has tables of its own
+        from .teacher_choice import render_teacher_choice
+
+        return "\n".join(lines + render_teacher_choice(study, results)) + "\n"
     # Every distillation-token row, each with its teacher (rows in `results` always have theirs there).
     table2 = [(results["teachers"][teacher_key(row)], results["rows"][row.key]["runs"]) for row in study.rows
               if row.teacher is not None and "distilled" in row.options.get("model", "")
@@ -238,6 +242,10 @@ def plot_data_efficiency(study: Study, results: dict, png: Path) -> None:
 def plot_study(study: Study, results: dict, png: Path) -> None:
     if study.name.endswith("data-efficiency"):
         return plot_data_efficiency(study, results, png)
+    if study.comparisons:
+        from .teacher_choice import plot_paired
+
+        plot_paired(study, results, png.with_name("paired.png"))
     import matplotlib
 
     matplotlib.use("Agg")

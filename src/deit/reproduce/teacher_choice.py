@@ -1,0 +1,191 @@
+"""The README and plot of a study with paired comparisons (fmnist-teacher-choice): teachers on the held-out split
+and the test set, the matched convnet, each comparison's mean paired difference with its 95 % t interval and the
+verdict on the claim, Table 4 and the token cosine for every distilled row's teacher."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .paired import PairedDifference, paired_difference
+from .studies import Study
+
+
+def _top1_by_seed(results: dict, key: str) -> dict[int, float]:
+    entry = results["rows"].get(key, {"seeds": [], "runs": []})
+    return {seed: run["top1"] for seed, run in zip(entry["seeds"], entry["runs"])}
+
+
+def comparisons(study: Study, results: dict) -> list[tuple[str, PairedDifference | None]]:
+    """(label, row − base paired over seeds) for each of the study's comparisons."""
+    return [(label, paired_difference(_top1_by_seed(results, row), _top1_by_seed(results, base)))
+            for row, base, label in study.comparisons]
+
+
+def verdict(study: Study, results: dict, claim: PairedDifference | None) -> str:
+    """The claim (the first comparison) in words, by the rule written before the runs (docs/results.md)."""
+    planned = len(study.seeds)
+    if claim is None or claim.low is None:
+        return "Not yet decidable: the claim needs paired runs of both rows at two seeds or more."
+    matched = results.get("matched", {}).get(study.comparisons[0][0])
+    provisional = "" if len(claim.seeds) >= planned else f" Provisional: {len(claim.seeds)} of {planned} seeds."
+    interval = f"{claim.mean:+.2f} points, 95 % interval [{claim.low:+.2f}, {claim.high:+.2f}] over " \
+               f"{len(claim.seeds)} seeds"
+    if matched and matched["gap"] > matched["tolerance"]:
+        return (f"**Not a test of the claim**: the teachers are not matched (the chosen convnet is "
+                f"{matched['gap']:.2f} points from the transformer on the held-out split; tolerance "
+                f"{matched['tolerance']}). By the numbers: {interval}.")
+    if claim.low > 0:
+        words = f"**The claim holds here**: the student learns more from the convnet ({interval}: excludes 0)."
+    elif claim.high < 0:
+        words = f"**The opposite holds here**: the student learns more from the transformer ({interval}: excludes 0)."
+    else:
+        words = f"**Not shown**: no difference beyond noise between the two teachers ({interval}: contains 0)."
+    return words + provisional
+
+
+def _teacher_rows(study: Study) -> list[str]:
+    """Every teacher: the teacher rows, then the student rows other rows distil from or match to (seed 0)."""
+    keys = [t.key for t in study.teachers]
+    for row in study.rows:
+        for key in (row.teacher, row.match_to):
+            if key is not None and key not in keys:
+                keys.append(key)
+    return keys
+
+
+def teacher_of(study: Study, results: dict, key: str) -> str | None:
+    row = next(r for r in study.rows if r.key == key)
+    return row.teacher or results.get("matched", {}).get(key, {}).get("teacher")
+
+
+def teacher_agreement(study: Study, results: dict) -> dict[str, dict[str, float]]:
+    """Table 4 per distilled row (seed 0): how often its teacher disagrees with the student's heads, and with the
+    undistilled student (none-s0; not for the teacher that is none-s0 itself)."""
+    from .tables import _disagreement, _predictions
+
+    records, table = results.get("records", {}), {}
+    none = _predictions(records, "none-s0")
+    for row in study.rows:
+        if "distilled" not in row.options.get("model", ""):
+            continue
+        teacher_key = teacher_of(study, results, row.key)
+        student = _predictions(records, f"{row.key}-s0")
+        teacher = _predictions(records, f"{teacher_key}-s0") if teacher_key else None
+        if student is None or teacher is None:
+            continue
+        rates = {head: _disagreement(teacher["logits"], student[name])
+                 for head, name in (("class", "cls"), ("dist", "dist"), ("class+dist", "logits"))}
+        if none is not None and teacher_key != "none":
+            rates["no distillation"] = _disagreement(teacher["logits"], none["logits"])
+        table[row.key] = rates
+    return table
+
+
+def render_teacher_choice(study: Study, results: dict) -> list[str]:
+    """The study's sections after its title, description and Table 3 (tables.render_tables)."""
+    from .tables import _mean_std
+
+    records = results.get("records", {})
+    lines = ["", "## Teachers: held-out validation split and test set (top-1 %)", "",
+             f"Held-out split: {study.holdout[0]:,} training images no run trains on (stratified, seed "
+             f"{study.holdout[1]}); test: the 10,000 test images.", "",
+             "| teacher | params | held-out top-1 | test top-1 |", "|---|---|---|---|"]
+    labels = {r.key: r.label for r in study.teachers}
+    for key in _teacher_rows(study):
+        record = records.get(f"{key}-s0")
+        if record is None:
+            continue
+        holdout = record.get("holdout", {}).get("top1")
+        label = labels.get(key, f"transformer teacher ({record['metrics'].get('model')}, the {key} row, seed 0)")
+        lines.append(f"| {label} | {record['metrics'].get('params', 0):,} | "
+                     f"{f'{holdout:.2f}' if holdout is not None else 'not evaluated yet'} | "
+                     f"{record['metrics']['top1']:.2f} |")
+    for key, m in results.get("matched", {}).items():
+        lines += ["", f"Matched convnet ({key}): **{m['teacher']}**, held-out top-1 {m['holdout_top1']:.2f} % against "
+                      f"{m['target_holdout_top1']:.2f} % for {m['target']}-s0 (gap {m['gap']:.2f}, tolerance "
+                      f"{m['tolerance']}); chosen by the runner from the held-out accuracies above, not the test set."]
+    lines += ["", "## Table 2: teacher choice (student with distillation token, class+dist)", "",
+              "| row | teacher | teacher held-out / test top-1 | student top-1 | seeds |", "|---|---|---|---|---|"]
+    for row in study.rows:
+        teacher_key = teacher_of(study, results, row.key)
+        runs = results["rows"].get(row.key, {}).get("runs")
+        if not runs or teacher_key is None or "distilled" not in row.options.get("model", ""):
+            continue
+        record = records.get(f"{teacher_key}-s0", {})
+        holdout = record.get("holdout", {}).get("top1")
+        test = record.get("metrics", {}).get("top1")
+        # the teacher each student was distilled from, as it recorded it: a teacher retrained since is named
+        stale = sorted({f"{r['teacher']['top1']:.2f}" for r in _records_of_row(records, row.key)
+                        if r.get("teacher") and test is not None and abs(r["teacher"].get("top1", test) - test) > 1e-6})
+        note = f" (some students had an earlier training of it: test top-1 {', '.join(stale)})" if stale else ""
+        lines.append(f"| {row.label} | {teacher_key}{note} | {f'{holdout:.2f}' if holdout is not None else '–'} / "
+                     f"{f'{test:.2f}' if test is not None else '–'} | {_mean_std([r['top1'] for r in runs])} | "
+                     f"{', '.join(map(str, results['rows'][row.key]['seeds']))} |")
+    lines += ["", "## Paired differences (same seed; top-1 points, class+dist where the row has the token)", "",
+              "| comparison | per seed | mean | 95 % t interval | excludes 0 |", "|---|---|---|---|---|"]
+    measured = comparisons(study, results)
+    for label, d in measured:
+        if d is None:
+            lines.append(f"| {label} | no common seed yet | | | |")
+            continue
+        per_seed = ", ".join(f"s{s}: {v:+.2f}" for s, v in zip(d.seeds, d.differences))
+        interval = f"[{d.low:+.2f}, {d.high:+.2f}]" if d.low is not None else "needs 2 seeds"
+        lines.append(f"| {label} | {per_seed} | {d.mean:+.2f} | {interval} | "
+                     f"{('yes' if d.excludes_zero else 'no') if d.low is not None else ''} |")
+    lines += ["", verdict(study, results, measured[0][1] if measured else None)]
+    agreement = teacher_agreement(study, results)
+    results["disagreement"] = agreement
+    if agreement:
+        heads = ("class", "dist", "class+dist", "no distillation")
+        lines += ["", "## Table 4: how often each student's teacher disagrees with it (test set, seed 0)", "",
+                  "| row (teacher) | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
+        for key, rates in agreement.items():
+            cells = [f"{rates[h]:.3f}" if h in rates else "– (is the teacher)" for h in heads]
+            lines.append(f"| {key} ({teacher_of(study, results, key)}) | " + " | ".join(cells) + " |")
+    cosines = {row.key: records[f"{row.key}-s0"]["token_cosine"] for row in study.rows
+               if records.get(f"{row.key}-s0", {}).get("token_cosine")}
+    results["token_cosine"] = cosines
+    if cosines:
+        layers = next(iter(cosines.values()))["layers"]
+        lines += ["", "## Cosine similarity of the class and distillation tokens after each block (seed 0)", "",
+                  "| row | " + " | ".join(layers) + " |", "|---|" + "---|" * len(layers)]
+        for key, cosine in cosines.items():
+            lines.append(f"| {key} | " + " | ".join(f"{v:.2f}" for v in cosine["cosine"]) + " |")
+    return lines
+
+
+def _records_of_row(records: dict, key: str) -> list[dict]:
+    return [r for name, r in records.items() if name.rpartition("-s")[0] == key]
+
+
+def plot_paired(study: Study, results: dict, png: Path) -> None:
+    """One panel per comparison: the per-seed differences, their mean and 95 % t interval, the zero line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = comparisons(study, results)
+    fig, axes = plt.subplots(1, len(measured), figsize=(3.2 * len(measured), 3.6), sharey=True, squeeze=False)
+    for ax, (label, d) in zip(axes[0], measured):
+        ax.axhline(0, color="grey", linewidth=0.8)
+        if d is not None:
+            ax.scatter(range(len(d.seeds)), d.differences, color="#4c72b0", zorder=3, label="per seed")
+            for i, seed in enumerate(d.seeds):
+                ax.annotate(f"s{seed}", (i, d.differences[i]), textcoords="offset points", xytext=(5, 0), fontsize=7)
+            x = len(d.seeds) + 0.5
+            if d.low is not None:
+                ax.errorbar([x], [d.mean], yerr=[[d.mean - d.low], [d.high - d.mean]], fmt="o", color="#c44e52",
+                            capsize=4, label="mean, 95 % t interval")
+            else:
+                ax.plot([x], [d.mean], "o", color="#c44e52", label="mean")
+        ax.set_title(label, fontsize=8)
+        ax.set_xticks([])
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].set_ylabel("top-1 difference (points, test set)")
+    if measured and measured[0][1] is not None:
+        axes[0][0].legend(fontsize=7, loc="best")
+    fig.suptitle(f"deit reproduce --preset {study.name}: paired differences over seeds", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
