@@ -15,7 +15,7 @@ from .listing import (IMAGE_EXTENSIONS, IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD, I
                       BadImage, FileTable, FolderListing, check_image_file, image_files, list_split)
 
 __all__ = ["IMAGE_EXTENSIONS", "IMAGENET_GRAY_MEAN", "IMAGENET_GRAY_STD", "IMAGENET_MEAN", "IMAGENET_STD",
-           "image_files", "decode_image", "load_imagefolder", "read_images", "FolderData"]
+           "image_files", "decode_image", "EncodedImage", "load_imagefolder", "read_images", "FolderData"]
 
 
 def _convert_image(img, grayscale: bool):
@@ -76,18 +76,44 @@ def _open_image(path: Path):
         raise ValueError(f"{path}: not a readable image ({e})") from e
 
 
+class EncodedImage:
+    """An image file opened but not decoded: its size from the header, so a crop can be chosen first and the file
+    decoded only as finely as that crop needs (decode(at_least=...)). Any source PIL opens: a path, or a binary
+    file object (a tar member of a shard)."""
+
+    def __init__(self, source, grayscale: bool, name: str | None = None):
+        self.name, self.grayscale = name or str(source), grayscale
+        self.header = _open_image(source)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.header.size
+
+    def decode(self, at_least: tuple[int, int] | None = None):
+        """The pixels as a PIL image in "L" or "RGB" (as _convert_image makes them) and the factor they were reduced
+        by (1, 2, 4 or 8). at_least=(w, h): a JPEG is decoded at the smallest DCT scale of libjpeg (1/2, 1/4, 1/8:
+        draft mode) whose size still covers it (the IDCT and colour conversion shrink with the scale; only the
+        entropy decoding is paid in full); other formats, or None, decode in full."""
+        img, scale = self.header, 1
+        try:
+            with img:
+                if at_least is not None and img.format == "JPEG":
+                    drafted = img.draft(img.mode, (max(1, int(at_least[0])), max(1, int(at_least[1]))))
+                    if drafted is not None:
+                        scale = round(self.size[0] / drafted[1][2]) if drafted[1][2] else 1
+                img.load()
+                return _convert_image(img, self.grayscale), scale
+        except ValueError:
+            raise
+        except (OSError, RuntimeError, SyntaxError) as e:
+            raise ValueError(f"{self.name}: cannot decode ({e}); remove or replace the file") from e
+
+
 def decode_image(path: str, grayscale: bool):
     """One file -> a PIL image in "L" or "RGB" (as _convert_image makes it), for per-sample transforms. PIL decodes:
     per 320-448 px JPEG it took 0.81 ms of CPU against 1.02 ms for torchvision's decode_jpeg plus the copy into a PIL
     image the transforms need (docs/performance.md); an RGB file is not converted (copied) again."""
-    try:
-        with _open_image(Path(path)) as img:
-            img.load()
-            return _convert_image(img, grayscale)
-    except ValueError:
-        raise
-    except (OSError, RuntimeError, SyntaxError) as e:
-        raise ValueError(f"{path}: cannot decode ({e}); remove or replace the file") from e
+    return EncodedImage(Path(path), grayscale, name=str(path)).decode()[0]
 
 
 @dataclass(eq=False, repr=False)
@@ -101,6 +127,7 @@ class FolderData:
     eval_crop_ratio: float = 0.875
     mean: tuple[float, ...] | None = None  # None: the listing's statistics (ImageNet's)
     std: tuple[float, ...] | None = None
+    reduced_decode: bool = True  # JPEGs decoded at the smallest DCT scale that covers the crop (transforms.py)
 
     def __post_init__(self):
         listing = self.listing
@@ -115,7 +142,7 @@ class FolderData:
 
     @classmethod
     def from_files(cls, files, classes, grayscale: bool, img_size: int, eval_crop_ratio: float = 0.875,
-                   mean=None, std=None) -> "FolderData":
+                   mean=None, std=None, reduced_decode: bool = True) -> "FolderData":
         """Unlabelled image files (label 0) as a streamed split, each checked as a listed folder's files are (a
         BadImage naming the file): how `deit predict` feeds files to a streamed run's eval transform."""
         paths = [os.path.abspath(f) for f in files]
@@ -128,7 +155,7 @@ class FolderData:
         table = FileTable.from_paths(os.sep, [os.path.relpath(f, os.sep) for f in paths])
         listing = FolderListing("files", "val", list(classes), table, np.zeros(len(paths), dtype=np.int64),
                                 np.array(kinds, dtype=np.uint8), grayscale)
-        return cls(listing, img_size, eval_crop_ratio, mean, std)
+        return cls(listing, img_size, eval_crop_ratio, mean, std, reduced_decode)
 
     @property
     def num_classes(self) -> int:
@@ -151,6 +178,12 @@ class FolderData:
         listing = self.listing
         img = decode_image(listing.files[index], listing.grayscale)
         return img, int(listing.labels[index])
+
+    def encoded(self, index: int):
+        """Sample `index` opened but not decoded (an EncodedImage: the loader's transforms decode it at the scale
+        their crop needs) and its label."""
+        listing = self.listing
+        return EncodedImage(Path(listing.files[index]), listing.grayscale), int(listing.labels[index])
 
     def subset(self, indices) -> "FolderData":
         indices = np.asarray(torch.as_tensor(indices, dtype=torch.long))
