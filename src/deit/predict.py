@@ -60,7 +60,7 @@ def classify_files(run_dir, paths, *, weights: str = "model", top_k: int = 5, ba
     stream = saved.get("data", {}).get("stream")
     if stream:  # a streamed folder's run: its eval transform (resize to img_size / eval_crop_ratio, centre crop)
         data = FolderData.from_files(files, classes, grayscale, height, stream["eval_crop_ratio"], mean, std,
-                                     stream.get("reduced_decode", False))  # runs before it decoded in full
+                                     stream.get("fast_decode", False))  # runs before it decoded in full
     else:  # an in-memory run: decoded as its data was (shorter side to img_size, centre crop)
         images = read_images(files, height, grayscale=grayscale)
         data = ImageData(images, torch.zeros(len(files), dtype=torch.int64), classes, mean, std, "files", "val")

@@ -124,9 +124,9 @@ class StreamLoader(EpochLoader):
                              f"{batch_size} with drop_last; use a smaller batch or drop_last=False")
         size = data.img_size[0]
         if train:
-            transform = train_transform(augment, size, data.mean, data.reduced_decode)
+            transform = train_transform(augment, size, data.mean, data.fast_decode)
         else:
-            transform = eval_transform(size, data.eval_crop_ratio, data.reduced_decode)
+            transform = eval_transform(size, data.eval_crop_ratio, data.fast_decode)
         augmented = train and augment is not None
         self.reader = _SampleReader(data, transform, seed, random=augmented, reprob=augment.reprob if augmented else 0)
         self.mean = torch.tensor(data.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
