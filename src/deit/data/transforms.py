@@ -5,9 +5,9 @@ Train (crop "rrc"): random-resized crop (bicubic) → flip → RandAugment → u
 here with timm's draws (augment.erase_box) and applied to the batch. Eval: resize the shorter side to
 int(img_size / eval_crop_ratio) (bicubic), centre crop. Both take an EncodedImage: the crop is chosen from the
 header's size, and a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that still covers the crop at the
-output size, and a full-scale crop is resized by torch's uint8 bicubic (antialiased: within 1 of PIL's, 5x faster;
-fast=False: timm's pixels exactly, PIL decoding and resizing everything in full). No colour jitter: DeiT's
-RandAugment turns it off in create_transform, and AugmentConfig has none for the in-memory path either."""
+output size, and a full-scale crop is resized by torch's uint8 bicubic (antialiased, 5x faster than PIL's; values
+within 1 of PIL's but for ~0.1 % at sharp edges; fast=False: timm's pixels exactly, PIL decoding and resizing
+everything in full). No colour jitter: DeiT's RandAugment turns it off in create_transform, and AugmentConfig has none for the in-memory path either."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ class DecodeRandomResizedCrop:
     """timm's RandomResizedCropAndInterpolation (bicubic), its box drawn from the header's size by timm's own
     get_params (the same python-random draws). fast: the file decoded at the smallest DCT scale at which the box
     still covers `size` and the box (scaled, fractional) resized from there by PIL; at full scale the box resized by
-    torch's uint8 bicubic with antialiasing (values within 1 of PIL's, 5x faster here). fast=False: timm's pixels
+    torch's uint8 bicubic with antialiasing (5x faster here; values within 1 of PIL's but for ~0.1 % at sharp
+    edges, where the two round their intermediate pass differently). fast=False: timm's pixels
     exactly (full decode, PIL crop + resize). PSNR against timm's pixels in docs/performance.md."""
 
     def __init__(self, size: int, scale: tuple[float, float], ratio=(3 / 4, 4 / 3), fast: bool = True):
@@ -62,7 +63,7 @@ class DecodeRandomResizedCrop:
         left, top, right, bottom = (int(b) for b in box)
         if not self.fast:  # torchvision's F.resized_crop on PIL, as timm calls it
             return img.crop((left, top, right, bottom)).resize(self.size, Image.BICUBIC)
-        pixels = (img if isinstance(img, np.ndarray) else np.asarray(img))[top:bottom, left:right]
+        pixels = (img if isinstance(img, np.ndarray) else np.array(img))[top:bottom, left:right]  # writable
         pixels = torch.from_numpy(pixels.reshape(*pixels.shape[:2], -1)).permute(2, 0, 1)[None]
         # channels-last contiguous in: torch's vectorised uint8 kernel, and a channels-last result that is PIL's layout
         pixels = pixels.contiguous(memory_format=torch.channels_last)
@@ -76,7 +77,7 @@ class DecodeRandomResizedCrop:
 
 class DecodeResizeCenterCrop:
     """DeiT's eval crop, torchvision's Resize(resize_to, bicubic) + CenterCrop(size), from a file decoded at the
-    smallest DCT scale still at least the resized size (fast=False, or a file too small for it: exactly
+    smallest DCT scale still at least twice the resized size (fast=False, or a file too small for it: exactly
     torchvision's pixels)."""
 
     def __init__(self, resize_to: int, size: int, fast: bool = True):
@@ -89,9 +90,10 @@ class DecodeResizeCenterCrop:
     def __call__(self, img):
         at_least = None
         if self.fast and isinstance(img, EncodedImage):
-            w, h = img.size  # torchvision Resize(int): the shorter side to resize_to, the longer truncated
-            at_least = (self.resize_to, int(self.resize_to * h / w)) if w <= h else \
-                (int(self.resize_to * w / h), self.resize_to)
+            w, h = img.size  # torchvision Resize(int): the shorter side to resize_to, the longer truncated; twice
+            # that, so PIL's antialiased resize still does the last >= 2x (eval PSNR: docs/performance.md)
+            at_least = (2 * self.resize_to, 2 * int(self.resize_to * h / w)) if w <= h else \
+                (2 * int(self.resize_to * w / h), 2 * self.resize_to)
         return self.crop(_decoded(img, at_least)[0])
 
     def __repr__(self) -> str:
