@@ -180,3 +180,25 @@ def test_full_scale_crops_are_within_one_of_timms():
         assert (diff > 1).mean() < 0.003 and diff.max() <= 24
         checked += 1
     assert checked >= 6
+
+
+@pytest.mark.parametrize("kind", ["L", "CMYK", "progressive", "RGBA-png"])
+def test_other_files_decode_through_pillow(kind, tmp_path):
+    """Grayscale and CMYK JPEGs, progressive JPEGs and PNGs with alpha: the fast crop gives an RGB 64 px image close
+    to the exact one (reduced where the format allows it)."""
+    img = Image.open(PHOTO).convert("RGB").resize((900, 1000), Image.BICUBIC)
+    path = tmp_path / ("f.png" if kind == "RGBA-png" else "f.jpg")
+    if kind == "RGBA-png":
+        img.convert("RGBA").save(path)
+    elif kind == "progressive":
+        img.save(path, quality=90, progressive=True)
+    else:
+        img.convert(kind).save(path, quality=90)
+    fast, exact = DecodeRandomResizedCrop(64, (0.08, 1.0)), DecodeRandomResizedCrop(64, (0.08, 1.0), fast=False)
+    for seed in range(3):
+        out = []
+        for crop in (fast, exact):
+            random.seed(seed)
+            out.append(crop(EncodedImage(path, False)))
+        assert out[0].mode == out[1].mode == "RGB" and out[0].size == out[1].size == (64, 64)
+        assert _psnr(*out) > 30
