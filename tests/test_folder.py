@@ -270,6 +270,7 @@ def test_loader_bench_reports_ratios(jpeg_folder):
 
     result = run_loader_bench(LoaderBenchConfig(f"imagefolder:{jpeg_folder}", workers=1, batch_size=4, img_size=32,
                                                 windows=1, batches=2), log=lambda s: None)
-    assert set(result["images_per_s"]) == {"ours", "timm"} and result["ratio_vs_timm"]["ours"] > 0
+    assert set(result["images_per_s"]) == {"ours", "timm", "timm_prefetcher"} and result["ratio_vs_timm"]["ours"] > 0
+    assert result["ours_vs_timm_prefetcher"]["per_core"] > 0
     assert result["images_per_s_per_core"]["ours"] > 0 and "per_core_ratio_vs_timm" in result
     assert "images/s per core" in format_loader_report(result)

@@ -8,7 +8,9 @@ window by window and the median images/s is reported.
 Per core: images per CPU-second, the CPU time of the workers (/proc/PID/stat) plus this process (time.process_time:
 ours normalises and erases here, on a CPU device) over the timed batches; "workers only" leaves this process out
 (on CUDA our batch stage runs on the GPU). Load on the machine moves wall-clock images/s far more than CPU time, so
-per-core rates are what to compare across runs; the ratio to timm is measured within one run."""
+per-core rates are what to compare across runs; the ratio to timm is measured within one run. timm runs twice: as
+create_loader with use_prefetcher=False (every step in its workers) and True (uint8 workers, normalise and erase per
+batch in this process, as timm trains on CUDA: the like of ours)."""
 
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ class LoaderBenchConfig:
     windows: int = 3
     batches: int = 0  # timed batches per window; 0: 4 per worker
     seed: int = 0
-    candidates: tuple[str, ...] = ("ours", "timm")
+    candidates: tuple[str, ...] = ("ours", "timm", "timm_prefetcher")
 
 
 def process_tree_pss(pid: int | None = None) -> int:
@@ -71,17 +73,21 @@ def _ours(cfg: LoaderBenchConfig):
     return loader.iterate, len(data)
 
 
-def _timm(cfg: LoaderBenchConfig):
+def _timm(cfg: LoaderBenchConfig, prefetcher: bool = False):
+    """timm's create_loader; prefetcher=True: its uint8 workers and batch-wise normalise + erase in this process (how
+    timm trains on CUDA, where that runs on the GPU: the like of ours)."""
+    import torch
     from timm.data import ImageDataset, create_loader
 
     from .data.listing import IMAGENET_MEAN, IMAGENET_STD
 
     dataset = ImageDataset(str(Path(cfg.data.split(":", 1)[1]).expanduser() / "train"))
     loader = create_loader(dataset, input_size=(3, cfg.img_size, cfg.img_size), batch_size=cfg.batch_size,
-                           is_training=True, use_prefetcher=False, scale=RECIPE["scale"], hflip=RECIPE["hflip"],
+                           is_training=True, use_prefetcher=prefetcher, scale=RECIPE["scale"], hflip=RECIPE["hflip"],
                            color_jitter=None, auto_augment=RECIPE["auto_augment"], interpolation="bicubic",
                            re_prob=RECIPE["re_prob"], re_mode="pixel", re_count=1, mean=IMAGENET_MEAN,
-                           std=IMAGENET_STD, num_workers=cfg.workers, persistent_workers=False, device="cpu")
+                           std=IMAGENET_STD, num_workers=cfg.workers, persistent_workers=False,
+                           device=torch.device("cpu"))
     _posterize_fix(dataset.transform)
     return lambda: iter(loader), len(dataset)
 
@@ -111,18 +117,24 @@ def _cpu_seconds(pids) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def _worker_pids(iterator) -> list[int]:
-    """The DataLoader worker processes behind a loader's iterator (ours wraps DataLoader's in a generator)."""
-    frame = getattr(iterator, "gi_frame", None)
-    inner = frame.f_locals.get("built") if frame is not None else iterator
-    return [w.pid for w in getattr(inner, "_workers", [])]
+def _worker_pids() -> list[int]:
+    """This process's children (/proc/*/stat): the DataLoader workers of the one candidate a window runs."""
+    me, pids = os.getpid(), []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == me:
+                    pids.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return pids
 
 
 def _window(make_iterator, skip: int, timed: int, batch_size: int, pss: list, cpu: dict) -> float:
     iterator = make_iterator()
     for _ in range(skip):
         next(iterator)
-    pids = _worker_pids(iterator)
+    pids = _worker_pids()
     start, start_workers, start_main = time.perf_counter(), _cpu_seconds(pids), time.process_time()
     for _ in range(timed):
         next(iterator)
@@ -146,7 +158,8 @@ def run_loader_bench(cfg: LoaderBenchConfig, log=print) -> dict:
     if cfg.workers < 1:
         raise ValueError(f"--workers must be >= 1 (worker processes decode), got {cfg.workers}")
     torch.set_num_threads(1)
-    builders = {"ours": lambda: _ours(cfg), "timm": lambda: _timm(cfg)}
+    builders = {"ours": lambda: _ours(cfg), "timm": lambda: _timm(cfg),
+                "timm_prefetcher": lambda: _timm(cfg, prefetcher=True)}
     unknown = set(cfg.candidates) - set(builders)
     if unknown:
         raise ValueError(f"unknown candidates {sorted(unknown)}; choose from {sorted(builders)}")
@@ -181,6 +194,10 @@ def run_loader_bench(cfg: LoaderBenchConfig, log=print) -> dict:
         result["per_core_ratio_vs_timm"] = {k: v / per_core["timm"] for k, v in per_core.items() if k != "timm"}
         result["per_core_workers_only_ratio_vs_timm"] = {
             k: v / per_core_workers["timm"] for k, v in per_core_workers.items() if k != "timm"}
+    if "timm_prefetcher" in medians and "ours" in medians:  # both normalise and erase per batch outside the workers
+        result["ours_vs_timm_prefetcher"] = {
+            "per_core": per_core["ours"] / per_core["timm_prefetcher"],
+            "per_core_workers_only": per_core_workers["ours"] / per_core_workers["timm_prefetcher"]}
     return result
 
 
@@ -191,12 +208,16 @@ def format_loader_report(result: dict) -> str:
     for name, rate in result["images_per_s"].items():
         ratio = result.get("ratio_vs_timm", {}).get(name)
         paired = result.get("paired_ratio_vs_timm", {}).get(name)
-        lines.append(f"  {name:9s} {rate:8.1f} images/s  process tree {result['peak_pss_gb'][name]:.2f} GB PSS"
+        lines.append(f"  {name:15s} {rate:8.1f} images/s  process tree {result['peak_pss_gb'][name]:.2f} GB PSS"
                      + (f"  {ratio:.2f}x timm (window-paired {paired:.2f}x)" if ratio is not None else ""))
     for name, rate in result["images_per_s_per_core"].items():
         ratio = result.get("per_core_ratio_vs_timm", {}).get(name)
         workers = result["images_per_s_per_core_workers_only"][name]
         workers_ratio = result.get("per_core_workers_only_ratio_vs_timm", {}).get(name)
-        lines.append(f"  {name:9s} {rate:8.1f} images/s per core" + (f"  {ratio:.2f}x timm" if ratio else "")
+        lines.append(f"  {name:15s} {rate:8.1f} images/s per core" + (f"  {ratio:.2f}x timm" if ratio else "")
                      + f"   workers only {workers:.1f}" + (f"  {workers_ratio:.2f}x timm" if workers_ratio else ""))
+    if "ours_vs_timm_prefetcher" in result:
+        r = result["ours_vs_timm_prefetcher"]
+        lines.append(f"  ours / timm_prefetcher: {r['per_core']:.2f}x per core, {r['per_core_workers_only']:.2f}x "
+                     "workers only")
     return "\n".join(lines)
