@@ -1,7 +1,7 @@
 """Per-sample transforms for streamed image folders: the official DeiT build_transform (timm's create_transform),
 up to the uint8 crop; normalising and random erasing run once per batch (stream.py, augment.erase_rectangles_).
 
-Train (crop "rrc"): random-resized crop (bicubic) → flip → RandAugment → uint8 tensor; the erasing rectangle is drawn
+Train (crop "rrc"): random-resized crop (bicubic) and flip in one step → RandAugment → uint8 tensor; the erasing rectangle is drawn
 here with timm's draws (augment.erase_box) and applied to the batch. Eval: resize the shorter side to
 int(img_size / eval_crop_ratio) (bicubic), centre crop. Both take an EncodedImage: the crop is chosen from the
 header's size, and a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that still covers the crop at the
@@ -36,12 +36,15 @@ class DecodeRandomResizedCrop:
     edges, where the two round their intermediate pass differently). fast=False: timm's pixels
     exactly (full decode, PIL crop + resize). PSNR against timm's pixels in docs/performance.md."""
 
-    def __init__(self, size: int, scale: tuple[float, float], ratio=(3 / 4, 4 / 3), fast: bool = True):
+    def __init__(self, size: int, scale: tuple[float, float], ratio=(3 / 4, 4 / 3), fast: bool = True,
+                 hflip: float = 0.0):
         self.size, self.scale, self.ratio, self.fast = (size, size), tuple(scale), tuple(ratio), fast
+        self.hflip = hflip  # torchvision's RandomHorizontalFlip(hflip) folded in: its torch.rand draw, after the box's
 
     def __call__(self, img):
         box, at_least = self.plan(img.header if isinstance(img, EncodedImage) else img)
-        return self.crop_resize(*_decoded(img, at_least, box, array=self.fast))
+        flip = self.hflip > 0 and bool(torch.rand(1) < self.hflip)
+        return self.crop_resize(*_decoded(img, at_least, box, array=self.fast), flip=flip)
 
     def plan(self, header):
         """The crop box (left, top, right, bottom) by timm's get_params on the header's size, and the whole image's
@@ -53,26 +56,29 @@ class DecodeRandomResizedCrop:
         at_least = (math.ceil(width * self.size[0] / w), math.ceil(height * self.size[1] / h)) if self.fast else None
         return (left, top, left + w, top + h), at_least
 
-    def crop_resize(self, img, box):
+    def crop_resize(self, img, box, flip: bool = False):
         """The box of img (a PIL image, or fast: a uint8 [H, W, C] array; box in its pixels) resized to size,
-        bicubic (see the class)."""
+        bicubic (see the class), mirrored left-right if flip."""
         from PIL import Image
 
         if not all(float(b).is_integer() for b in box):  # reduced scale: PIL resamples the fractional box
-            return img.resize(self.size, Image.BICUBIC, box=box)
+            out = img.resize(self.size, Image.BICUBIC, box=box)
+            return out.transpose(Image.FLIP_LEFT_RIGHT) if flip else out
         left, top, right, bottom = (int(b) for b in box)
-        if not self.fast:  # torchvision's F.resized_crop on PIL, as timm calls it
-            return img.crop((left, top, right, bottom)).resize(self.size, Image.BICUBIC)
+        if not self.fast:  # torchvision's F.resized_crop on PIL, as timm calls it, and F.hflip
+            out = img.crop((left, top, right, bottom)).resize(self.size, Image.BICUBIC)
+            return out.transpose(Image.FLIP_LEFT_RIGHT) if flip else out
         pixels = (img if isinstance(img, np.ndarray) else np.array(img))[top:bottom, left:right]  # writable
         pixels = torch.from_numpy(pixels.reshape(*pixels.shape[:2], -1)).permute(2, 0, 1)[None]
         # channels-last contiguous in: torch's vectorised uint8 kernel, and a channels-last result that is PIL's layout
         pixels = pixels.contiguous(memory_format=torch.channels_last)
         out = torch.nn.functional.interpolate(pixels, size=self.size, mode="bicubic", antialias=True)
-        out = out[0].permute(1, 2, 0).numpy()
+        out = (out.flip(3) if flip else out)[0].permute(1, 2, 0).numpy()  # flip keeps channels-last: PIL's layout
         return Image.fromarray(out[..., 0] if out.shape[-1] == 1 else out)
 
     def __repr__(self) -> str:
-        return f"DecodeRandomResizedCrop(size={self.size}, scale={self.scale}, ratio={self.ratio}, fast={self.fast})"
+        return (f"DecodeRandomResizedCrop(size={self.size}, scale={self.scale}, ratio={self.ratio}, fast={self.fast}, "
+                f"hflip={self.hflip})")
 
 
 class DecodeResizeCenterCrop:
@@ -140,7 +146,10 @@ def train_transform(augment: AugmentConfig | None, img_size: int, mean: Sequence
                                  auto_augment=augment.randaugment, color_jitter=None, interpolation="bicubic",
                                  re_prob=0.0, mean=mean)
     steps = transform.transforms
-    steps[0] = DecodeRandomResizedCrop(img_size, augment.rrc_scale, steps[0].ratio, fast)
+    if augment.crop == "rrc" and type(steps[1]).__name__ == "RandomHorizontalFlip":  # folded in: a copy fewer
+        steps[0:2] = [DecodeRandomResizedCrop(img_size, augment.rrc_scale, steps[0].ratio, fast, augment.hflip)]
+    else:
+        steps[0] = DecodeRandomResizedCrop(img_size, augment.rrc_scale, steps[0].ratio, fast)
     for i, step in enumerate(steps):
         if isinstance(step, RandAugment):  # ours: posterize valid at 0 bits, a fill value for grayscale images
             steps[i] = build_randaugment(augment.randaugment, (img_size, img_size), mean)
