@@ -34,7 +34,6 @@ def _timm_steps(size: int):
 
 def breakdown(files, size: int, batch: int = 64) -> dict:
     from PIL import Image
-    from torchvision.transforms import functional as F
 
     from deit.data.augment import erase_box, erase_rectangles_
     from deit.data.folder import EncodedImage
@@ -97,8 +96,9 @@ def psnr(files, size: int, seeds: int = 3) -> dict:
         return 10 * math.log10(255 ** 2 / mse) if mse else float("inf")
 
     out = {}
+    resize = int(size / 0.875)
     crops = {"train": (DecodeRandomResizedCrop(size, (0.08, 1.0)), DecodeRandomResizedCrop(size, (0.08, 1.0), fast=False)),
-             "eval": (DecodeResizeCenterCrop(int(size / 0.875), size), DecodeResizeCenterCrop(int(size / 0.875), size, False))}
+             "eval": (DecodeResizeCenterCrop(resize, size), DecodeResizeCenterCrop(resize, size, fast=False))}
     for name, (reduced, full) in crops.items():
         values, total = [], 0
         for n, f in enumerate(files):
@@ -134,7 +134,7 @@ def main(argv=None) -> None:
     result = breakdown(files, args.img_size)
     stages = list(dict.fromkeys([*result["timm"], *result["ours"]]))
     print(f"{len(files)} files of {args.folder}, {args.img_size} px, ms of CPU per image")
-    print(f"| stage | timm | ours |\n|---|---|---|")
+    print("| stage | timm | ours |\n|---|---|---|")
     for s in stages:
         print(f"| {s} | {result['timm'].get(s, 0):.3f} | {result['ours'].get(s, 0):.3f} |")
     tt, to = sum(result["timm"].values()), sum(result["ours"].values())

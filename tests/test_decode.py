@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from deit.data.augment import build_randaugment, erase_box, erase_rectangles_
+from deit.data.augment import erase_box, erase_rectangles_
 from deit.data.folder import EncodedImage, _jpeg_scale, decode_image
 from deit.data.transforms import DecodeRandomResizedCrop, DecodeResizeCenterCrop, train_transform
 from deit.data import AugmentConfig
@@ -34,7 +34,8 @@ def _ks(a, b) -> float:
     """Two-sample Kolmogorov-Smirnov statistic."""
     a, b = np.sort(a), np.sort(b)
     grid = np.concatenate([a, b])
-    return float(np.max(np.abs(np.searchsorted(a, grid, "right") / len(a) - np.searchsorted(b, grid, "right") / len(b))))
+    cdf_a, cdf_b = np.searchsorted(a, grid, "right") / len(a), np.searchsorted(b, grid, "right") / len(b)
+    return float(np.max(np.abs(cdf_a - cdf_b)))
 
 
 def test_crop_boxes_are_distributed_as_torchvisions(photo_jpeg):

@@ -8,8 +8,8 @@ to the uint8 crop), sampler, loader (in memory; make_loader), stream (a streamed
 per batch)."""
 
 from .augment import (AugmentConfig, apply_separable, augment_config, build_randaugment, crop_resize_matrices,
-                      erase_box, erase_rectangles_, pad_random_crop, randaugment_batch, random_erase_, random_resized_crop, random_resized_crop_boxes,
-                      shift_matrices)
+                      erase_box, erase_rectangles_, pad_random_crop, randaugment_batch, random_erase_,
+                      random_resized_crop, random_resized_crop_boxes, shift_matrices)
 from .builtin import (CACHE_DIR, CIFAR_STATS, FASHION_MNIST_CLASSES, FASHION_MNIST_FILES, FASHION_MNIST_MEAN,
                       FASHION_MNIST_STD, FASHION_MNIST_SYSTEM_DIR, FASHION_MNIST_URL, IDX_IMAGES_MAGIC,
                       IDX_LABELS_MAGIC, read_idx)

@@ -42,7 +42,8 @@ def load_data(name: str, split: str = "train", data_dir: str | None = None, img_
     (bilinear, antialiased) when it differs from the native size. An image folder needs img_size: it is listed and
     checked, and streamed (a FolderData, decoded per sample by the loader at img_size, eval crops at eval_crop_ratio),
     or with cache_images decoded once into memory at img_size. skip_bad_images leaves out files that fail the check
-    (listed in .skipped of a FolderData) instead of raising; fast_decode=False decodes and resizes streamed JPEGs exactly as timm."""
+    (listed in .skipped of a FolderData) instead of raising; fast_decode=False decodes and resizes streamed JPEGs
+    exactly as timm."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     key = name.lower()

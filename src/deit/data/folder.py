@@ -167,7 +167,7 @@ class FolderData:
     eval_crop_ratio: float = 0.875
     mean: tuple[float, ...] | None = None  # None: the listing's statistics (ImageNet's)
     std: tuple[float, ...] | None = None
-    fast_decode: bool = True  # JPEGs decoded at the smallest DCT scale that covers the crop, fast resize (transforms.py)
+    fast_decode: bool = True  # JPEGs decoded at the smallest DCT scale covering the crop, fast resize (transforms.py)
 
     def __post_init__(self):
         listing = self.listing
