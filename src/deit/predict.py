@@ -53,7 +53,8 @@ def classify_files(run_dir, paths, *, weights: str = "model", top_k: int = 5, ba
     prep, classes = eval_preprocessing(saved, str(run_dir)), run_classes(saved)
     grayscale = prep.in_chans == 1
     if prep.streamed:  # a streamed folder's run: its eval transform (resize to img_size / eval_crop_ratio, crop)
-        data = FolderData.from_files(files, classes, grayscale, prep.img_size, prep.crop_ratio, prep.mean, prep.std)
+        data = FolderData.from_files(files, classes, grayscale, prep.img_size, prep.crop_ratio, prep.mean, prep.std,
+                                     prep.fast_decode)
     else:  # an in-memory run: decoded as its data was (shorter side to img_size, centre crop)
         images = read_images(files, prep.img_size, grayscale=grayscale)
         data = ImageData(images, torch.zeros(len(files), dtype=torch.int64), classes, prep.mean, prep.std, "files",

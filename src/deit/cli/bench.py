@@ -12,7 +12,7 @@ def register(sub) -> None:
     p.add_argument("--model", default=None, help="registered model name (`deit models`); required unless --loader")
     p.add_argument("--loader", default=None, metavar="imagefolder:PATH",
                    help="instead of a model: the streamed image-folder loader against timm's create_loader on this "
-                        "folder's train split (DeiT's train transforms), as images/s and a ratio")
+                        "folder's train split (DeiT's train transforms): images/s and images/s per CPU core, ratios")
     p.add_argument("--workers", type=int, default=2, help="--loader: DataLoader worker processes (both loaders)")
     p.add_argument("--batches", type=int, default=0, help="--loader: timed batches per window (default 4 per worker)")
     p.add_argument("--img-size", type=int, default=None, help="override the model's input size")

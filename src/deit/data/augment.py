@@ -154,6 +154,38 @@ def random_erase_(x: torch.Tensor, probability: float, generator, min_area: floa
     return x
 
 
+def erase_box(probability: float, height: int, width: int, min_area: float = 0.02, max_area: float = 1 / 3,
+              min_aspect: float = 0.3) -> list[int]:
+    """The rectangle timm's RandomErasing(probability, mode="pixel", count 1) erases in one image, drawn with its
+    exact python-random draws, as [top, left, h, w, noise_seed] (h = 0: nothing erased); the per-pixel N(0, 1) noise
+    comes later from noise_seed (erase_rectangles_), so a worker hands over five integers instead of erasing."""
+    import random
+
+    if random.random() > probability:
+        return [0, 0, 0, 0, 0]
+    log_aspect = (math.log(min_aspect), math.log(1 / min_aspect))
+    for _ in range(10):
+        target_area = random.uniform(min_area, max_area) * height * width
+        aspect = math.exp(random.uniform(*log_aspect))
+        h, w = int(round(math.sqrt(target_area * aspect))), int(round(math.sqrt(target_area / aspect)))
+        if w < width and h < height:
+            top, left = random.randint(0, height - h), random.randint(0, width - w)
+            return [top, left, h, w, random.getrandbits(62)]
+    return [0, 0, 0, 0, 0]
+
+
+def erase_rectangles_(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Apply erase_box's rectangles to a normalised batch in place: rows [top, left, h, w, noise_seed] of boxes
+    (long [B, 5]); each rectangle gets per-pixel N(0, 1) noise from its own seed on x's device, so a sample's noise
+    does not depend on the batch it is in (ranks, workers)."""
+    for i in (boxes[:, 2] > 0).nonzero().flatten().tolist():
+        top, left, h, w, noise_seed = boxes[i].tolist()
+        generator = torch.Generator(x.device).manual_seed(noise_seed)
+        x[i, :, top:top + h, left:left + w] = torch.randn((x.shape[1], h, w), generator=generator, device=x.device,
+                                                          dtype=x.dtype)
+    return x
+
+
 def _posterize_any_bits(img, bits_to_keep, **_):
     """timm's posterize, valid for 0 bits: recent Pillow (13 here) raises on bits=0, which 'rand-m9-mstd0.5-inc1'
     asks for whenever the noisy magnitude reaches 10 (about 2 % of uses; a crash mid-training); older Pillow returned

@@ -30,13 +30,14 @@ def describe(data: ImageData | FolderData, val: ImageData | FolderData | None = 
     streamed = [d for d in (data, val) if isinstance(d, FolderData)]
     if streamed:
         record["stream"] = {"eval_crop_ratio": streamed[0].eval_crop_ratio,
+                            "fast_decode": streamed[0].fast_decode,
                             "skipped": {d.split: len(d.skipped) for d in streamed}}
     return record
 
 
 def load_data(name: str, split: str = "train", data_dir: str | None = None, img_size: int | None = None,
               download: bool = True, *, cache_images: bool = False, eval_crop_ratio: float = 0.875,
-              skip_bad_images: bool = False) -> ImageData | FolderData:
+              skip_bad_images: bool = False, fast_decode: bool = True) -> ImageData | FolderData:
     """Load a split ("train" or "val") of "fashion-mnist", "cifar10", "cifar100", "imagefolder:PATH" or "wds:DIR" /
     "wds:TRAIN_PATTERN;VAL_PATTERN" (WebDataset shards, streamed as an image folder is: data.shards).
 
@@ -44,7 +45,8 @@ def load_data(name: str, split: str = "train", data_dir: str | None = None, img_
     (bilinear, antialiased) when it differs from the native size. An image folder needs img_size: it is listed and
     checked, and streamed (a FolderData, decoded per sample by the loader at img_size, eval crops at eval_crop_ratio),
     or with cache_images decoded once into memory at img_size. skip_bad_images leaves out files that fail the check
-    (listed in .skipped of a FolderData) instead of raising."""
+    (listed in .skipped of a FolderData) instead of raising; fast_decode=False decodes and resizes streamed JPEGs
+    exactly as timm."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     key = name.lower()
@@ -60,7 +62,8 @@ def load_data(name: str, split: str = "train", data_dir: str | None = None, img_
             raise ValueError(f"imagefolder:{path} needs img_size (--img-size): the size its images are cropped to")
         if not 0 < eval_crop_ratio <= 1:
             raise ValueError(f"eval_crop_ratio must be in (0, 1], got {eval_crop_ratio}")
-        return FolderData(list_split(path, split, skip_bad_images), img_size, eval_crop_ratio)
+        return FolderData(list_split(path, split, skip_bad_images), img_size, eval_crop_ratio,
+                          fast_decode=fast_decode)
     if key in ("fashion-mnist", "fashion_mnist", "fashionmnist"):
         data = load_fashion_mnist(split, data_dir, download)
     elif key in CIFAR_STATS:
@@ -89,7 +92,7 @@ def load_split(config: TrainConfig, split: str, download: bool = True):
     drawn over the whole split, so they never depend on the subset), then its train subset."""
     data = load_data(config.data, split, data_dir=config.data_dir, img_size=config.img_size, download=download,
                      cache_images=config.cache_images, eval_crop_ratio=config.eval_crop_ratio,
-                     skip_bad_images=config.skip_bad_images)
+                     skip_bad_images=config.skip_bad_images, fast_decode=not config.exact_decode)
     if config.canvas is not None:
         if not isinstance(data, ImageData):
             raise ValueError("--canvas needs data held in memory (a built-in set, or an image folder with "

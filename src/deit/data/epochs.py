@@ -36,8 +36,13 @@ class EpochLoader:
         else:
             self._worker_order.epoch, self._worker_order.start = self.epoch, start_batch
             built = iter(self._worker_loader)
-        for images, labels in built:
-            yield self._to_device(images), self._to_device(labels)
+        for batch in built:
+            yield self._finish(batch)
+
+    def _finish(self, batch):
+        """A built batch as the training step takes it: (images, labels) on the device (subclasses finish more)."""
+        images, labels = batch
+        return self._to_device(images), self._to_device(labels)
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.to(self.device, non_blocking=self.device.type == "cuda")

@@ -15,7 +15,7 @@ from .listing import (IMAGE_EXTENSIONS, IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD, I
                       BadImage, FileTable, FolderListing, check_image_file, image_files, list_split)
 
 __all__ = ["IMAGE_EXTENSIONS", "IMAGENET_GRAY_MEAN", "IMAGENET_GRAY_STD", "IMAGENET_MEAN", "IMAGENET_STD",
-           "image_files", "decode_image", "load_imagefolder", "read_images", "FolderData"]
+           "image_files", "decode_image", "EncodedImage", "load_imagefolder", "read_images", "FolderData"]
 
 
 def _convert_image(img, grayscale: bool):
@@ -76,18 +76,84 @@ def _open_image(path: Path):
         raise ValueError(f"{path}: not a readable image ({e})") from e
 
 
+def _jpeg_scale(size: tuple[int, int], at_least: tuple[int, int] | None) -> int:
+    """libjpeg's DCT scale that Pillow's draft picks for `at_least`: the largest of 8, 4, 2, 1 that keeps the decoded
+    size >= at_least (JpegImagePlugin.draft's rule)."""
+    if at_least is None:
+        return 1
+    fits = min(size[0] // max(1, int(at_least[0])), size[1] // max(1, int(at_least[1])))
+    return next((s for s in (8, 4, 2) if fits >= s), 1)
+
+
+def _simplejpeg():
+    try:
+        import simplejpeg
+    except ImportError:  # optional (the `fast` extra): Pillow decodes alone
+        return None
+    return simplejpeg
+
+
+class EncodedImage:
+    """An image file opened but not decoded: its size from the header, so a crop can be chosen first and the file
+    decoded only as finely as that crop needs (decode(at_least=...)). Any source PIL opens: a path, or a binary
+    file object (a tar member of a shard)."""
+
+    def __init__(self, source, grayscale: bool, name: str | None = None):
+        self.source, self.name, self.grayscale = source, name or str(source), grayscale
+        self.header = _open_image(source)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.header.size
+
+    def decode(self, at_least: tuple[int, int] | None = None, box: tuple[int, int, int, int] | None = None,
+               array: bool = False):
+        """(image, box): the pixels as a PIL image in "L" or "RGB" (as _convert_image makes them), and where `box`
+        (left, top, right, bottom in the header's pixels; None: the whole image) lies in them.
+
+        at_least=(w, h): a JPEG is decoded at the smallest DCT scale of libjpeg (1/2, 1/4, 1/8: Pillow's draft) whose
+        size still covers it (the IDCT and colour conversion shrink with the scale; the entropy decoding is paid in
+        full), and box comes back scaled (fractional). At full scale an RGB JPEG is decoded by libjpeg-turbo through
+        simplejpeg when installed (the same pixels as Pillow's, measured faster: docs/performance.md) and only the
+        box is copied out (box comes back as the whole returned image); other formats decode in full with Pillow.
+        array=True: that simplejpeg crop comes back as the uint8 [H, W, 3] array itself (no copy into PIL)."""
+        img = self.header
+        box = box or (0, 0, *img.size)
+        try:
+            with img:
+                scale = _jpeg_scale(img.size, at_least) if img.format == "JPEG" else 1
+                simplejpeg = _simplejpeg() if img.format == "JPEG" and img.mode == "RGB" else None
+                if scale == 1 and simplejpeg is not None and not self.grayscale:
+                    return self._decode_simplejpeg(simplejpeg, box, array)
+                if scale > 1 and img.draft(img.mode, (img.size[0] // scale, img.size[1] // scale)) is None:
+                    scale = 1  # a JPEG draft does not apply to (several tiles): decoded in full
+                img.load()
+                return _convert_image(img, self.grayscale), tuple(b / scale for b in box) if scale > 1 else box
+        except ValueError:
+            raise
+        except (OSError, RuntimeError, SyntaxError) as e:
+            raise ValueError(f"{self.name}: cannot decode ({e}); remove or replace the file") from e
+
+    def _decode_simplejpeg(self, simplejpeg, box, array: bool):
+        from PIL import Image
+
+        if hasattr(self.source, "seek"):
+            self.source.seek(0)
+            data = self.source.read()
+        else:
+            with open(self.source, "rb") as f:
+                data = f.read()
+        left, top, right, bottom = box
+        pixels = simplejpeg.decode_jpeg(data, "RGB")[top:bottom, left:right]
+        crop = pixels if array else Image.fromarray(np.ascontiguousarray(pixels))
+        return crop, (0, 0, right - left, bottom - top)
+
+
 def decode_image(path: str, grayscale: bool):
     """One file -> a PIL image in "L" or "RGB" (as _convert_image makes it), for per-sample transforms. PIL decodes:
     per 320-448 px JPEG it took 0.81 ms of CPU against 1.02 ms for torchvision's decode_jpeg plus the copy into a PIL
     image the transforms need (docs/performance.md); an RGB file is not converted (copied) again."""
-    try:
-        with _open_image(Path(path)) as img:
-            img.load()
-            return _convert_image(img, grayscale)
-    except ValueError:
-        raise
-    except (OSError, RuntimeError, SyntaxError) as e:
-        raise ValueError(f"{path}: cannot decode ({e}); remove or replace the file") from e
+    return EncodedImage(Path(path), grayscale, name=str(path)).decode()[0]
 
 
 @dataclass(eq=False, repr=False)
@@ -101,6 +167,7 @@ class FolderData:
     eval_crop_ratio: float = 0.875
     mean: tuple[float, ...] | None = None  # None: the listing's statistics (ImageNet's)
     std: tuple[float, ...] | None = None
+    fast_decode: bool = True  # JPEGs decoded at the smallest DCT scale covering the crop, fast resize (transforms.py)
 
     def __post_init__(self):
         listing = self.listing
@@ -115,7 +182,7 @@ class FolderData:
 
     @classmethod
     def from_files(cls, files, classes, grayscale: bool, img_size: int, eval_crop_ratio: float = 0.875,
-                   mean=None, std=None) -> "FolderData":
+                   mean=None, std=None, fast_decode: bool = True) -> "FolderData":
         """Unlabelled image files (label 0) as a streamed split, each checked as a listed folder's files are (a
         BadImage naming the file): how `deit predict` feeds files to a streamed run's eval transform."""
         paths = [os.path.abspath(f) for f in files]
@@ -128,7 +195,7 @@ class FolderData:
         table = FileTable.from_paths(os.sep, [os.path.relpath(f, os.sep) for f in paths])
         listing = FolderListing("files", "val", list(classes), table, np.zeros(len(paths), dtype=np.int64),
                                 np.array(kinds, dtype=np.uint8), grayscale)
-        return cls(listing, img_size, eval_crop_ratio, mean, std)
+        return cls(listing, img_size, eval_crop_ratio, mean, std, fast_decode)
 
     @property
     def num_classes(self) -> int:
@@ -151,6 +218,12 @@ class FolderData:
         listing = self.listing
         img = decode_image(listing.files[index], listing.grayscale)
         return img, int(listing.labels[index])
+
+    def encoded(self, index: int):
+        """Sample `index` opened but not decoded (an EncodedImage: the loader's transforms decode it at the scale
+        their crop needs) and its label."""
+        listing = self.listing
+        return EncodedImage(Path(listing.files[index]), listing.grayscale), int(listing.labels[index])
 
     def subset(self, indices) -> "FolderData":
         indices = np.asarray(torch.as_tensor(indices, dtype=torch.long))

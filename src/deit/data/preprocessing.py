@@ -21,6 +21,7 @@ class EvalPreprocessing:
     std: tuple[float, ...]
     streamed: bool  # a streamed folder's run: timm's eval transform (FolderData); else decoded as in memory
     interpolation: str = "bicubic"
+    fast_decode: bool = False  # a streamed run's JPEGs decoded at a reduced DCT scale where it covers the crop
 
     @property
     def resize(self) -> int:
@@ -39,7 +40,7 @@ def eval_preprocessing(run_config: dict, source: str = "the run") -> EvalPreproc
     stream = run_config.get("data", {}).get("stream")
     return EvalPreprocessing(img_size=height, crop_ratio=stream["eval_crop_ratio"] if stream else 1.0,
                              in_chans=prep["in_chans"], mean=tuple(prep["mean"]), std=tuple(prep["std"]),
-                             streamed=bool(stream))
+                             streamed=bool(stream), fast_decode=bool(stream and stream.get("fast_decode", False)))
 
 
 def run_classes(run_config: dict) -> list[str]:

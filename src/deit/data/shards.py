@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .folder import FolderData, _convert_image
+from .folder import EncodedImage, FolderData, _convert_image
 from .listing import IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD, IMAGENET_MEAN, IMAGENET_STD, JPEG, OTHER, PNG
 
 META = "meta.json"  # DIR/meta.json: classes, channels and the shards of each split
@@ -248,6 +248,17 @@ class ShardData(FolderData):
             raise ValueError(f"{ix.shards[int(ix.shard[index])]}: sample at byte {ix.offset[index]} is not a "
                              f"readable image ({e})") from e
         return img, int(self.listing.index.label[index])
+
+    def encoded(self, index: int):
+        """Sample `index` opened but not decoded (an EncodedImage over its bytes: the loader's transforms decode it
+        at the scale their crop needs, as a folder's files) and its label."""
+        ix = self.listing.index
+        name = f"{ix.shards[int(ix.shard[index])]} (sample at byte {ix.offset[index]})"
+        try:
+            img = EncodedImage(io.BytesIO(self.read_bytes(index)), self.listing.grayscale, name=name)
+        except ValueError as e:  # _open_image names the BytesIO; name the shard and offset instead
+            raise ValueError(f"{name} is not a readable image ({e.__cause__ or e})") from e
+        return img, int(ix.label[index])
 
     def subset(self, indices) -> "ShardData":
         """The samples at `indices`, kept in storage order (sorted, each once), so the loader still reads shards

@@ -1,4 +1,5 @@
-"""StreamLoader: batches of a streamed image folder, each sample decoded and transformed in DataLoader workers.
+"""StreamLoader: batches of a streamed image folder, each sample decoded and transformed in DataLoader workers up to
+its uint8 crop (RandAugment included); normalising and random erasing run once per batch, on the loader's device.
 
 The same contract as BatchLoader (len, set_epoch, iterate(start_batch), __iter__; float32 normalised images and int64
 labels on `device`): train order from RepeatAugSampler, this rank's share rank::world_size, drop_last; eval order
@@ -17,7 +18,7 @@ import random
 import numpy as np
 import torch
 
-from .augment import AugmentConfig
+from .augment import AugmentConfig, erase_box, erase_rectangles_
 from .epochs import EpochLoader
 from .folder import FolderData
 from .sampler import RepeatAugSampler, ShardSampler
@@ -26,35 +27,45 @@ from .shards import ShardData, eval_range
 from .transforms import eval_transform, train_transform
 
 
-class _SampleReader(torch.utils.data.Dataset):
-    """Item (epoch, position, index): sample `index` decoded and transformed, its random draws seeded by
-    (seed, epoch, position) (timm's transforms draw from the python, numpy and torch global RNGs)."""
+_NO_ERASE = torch.zeros(5, dtype=torch.int64)
 
-    def __init__(self, data: FolderData, transform, seed: int, random: bool):
-        self.data, self.transform, self.seed, self.random = data, transform, seed, random
+
+class _SampleReader(torch.utils.data.Dataset):
+    """Item (epoch, position, index): sample `index` decoded and transformed to a uint8 crop, its label and its
+    erasing rectangle (augment.erase_box, drawn after the transform as timm's RandomErasing draws), all random draws
+    seeded by (seed, epoch, position) (timm's transforms draw from the python, numpy and torch global RNGs)."""
+
+    def __init__(self, data: FolderData, transform, seed: int, random: bool, reprob: float = 0.0):
+        self.data, self.transform, self.seed, self.random, self.reprob = data, transform, seed, random, reprob
 
     def __getitem__(self, key: tuple[int, int, int]):
         epoch, position, index = key
-        img, label = self.data.decode(index)
+        img, label = self.data.encoded(index)
         if not self.random:
-            return self.transform(img), label
+            return self.transform(img), label, _NO_ERASE
         seed = derive_seed(self.seed, "sample", epoch, position)
         if torch.utils.data.get_worker_info() is not None:  # a worker's RNGs are its own: seed, no need to restore
             random.seed(seed), np.random.seed(seed % 2**32), torch.default_generator.manual_seed(seed)
-            return self.transform(img), label
+            return self._augment(img, label)
         with seeded_rngs(seed):
-            return self.transform(img), label
+            return self._augment(img, label)
+
+    def _augment(self, img, label):
+        crop = self.transform(img)
+        erase = erase_box(self.reprob, *crop.shape[1:]) if self.reprob > 0 else _NO_ERASE
+        return crop, label, torch.as_tensor(erase, dtype=torch.int64)
 
     def __len__(self) -> int:
         return len(self.data)
 
 
 def _collate(samples):
-    """Stacked images and int64 labels. In a worker, default_collate stacks straight into shared memory, so the batch
-    crosses to the training process as a handle; a plain torch.stack would be copied into shared memory once more
-    (38 MB per 64 images at 224 px)."""
-    images, labels = zip(*samples)
-    return torch.utils.data.default_collate(images), torch.tensor(labels, dtype=torch.int64)
+    """Stacked uint8 images, int64 labels and erasing rectangles. In a worker, default_collate stacks straight into
+    shared memory, so the batch crosses to the training process as a handle; a plain torch.stack would be copied
+    into shared memory once more."""
+    images, labels, erase = zip(*samples)
+    return (torch.utils.data.default_collate(images), torch.tensor(labels, dtype=torch.int64),
+            torch.utils.data.default_collate(erase))
 
 
 def default_num_workers(data) -> int:
@@ -87,7 +98,8 @@ class _BatchKeys(torch.utils.data.Sampler):
 class StreamLoader(EpochLoader):
     """Iterates batches of a FolderData: images float32 normalised [B, C, img_size, img_size] on `device`, labels
     int64 [B]. batch_size is per rank. num_workers > 0 decodes in persistent worker processes (prefetch_factor
-    batches ahead each; persistent=False: started per pass and ended with it), 0 in this process."""
+    batches ahead each; persistent=False: started per pass and ended with it), 0 in this process. Workers hand over
+    uint8 crops; this process moves them to the device and normalises and erases there (_finish)."""
 
     def __init__(self, data: FolderData, batch_size: int, *, train: bool, augment: AugmentConfig | None = None,
                  repeats: int = 1, seed: int = 0, device="cpu", num_workers: int | None = 0, world_size: int = 1,
@@ -118,10 +130,13 @@ class StreamLoader(EpochLoader):
                              f"{batch_size} with drop_last; use a smaller batch or drop_last=False")
         size = data.img_size[0]
         if train:
-            transform = train_transform(augment, size, data.mean, data.std)
+            transform = train_transform(augment, size, data.mean, data.fast_decode)
         else:
-            transform = eval_transform(size, data.eval_crop_ratio, data.mean, data.std)
-        self.reader = _SampleReader(data, transform, seed, random=train and augment is not None)
+            transform = eval_transform(size, data.eval_crop_ratio, data.fast_decode)
+        augmented = train and augment is not None
+        self.reader = _SampleReader(data, transform, seed, random=augmented, reprob=augment.reprob if augmented else 0)
+        self.mean = torch.tensor(data.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(data.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.num_workers = num_workers = default_num_workers(data) if num_workers is None else num_workers
         self._worker_order = _BatchKeys(self)
         self._worker_loader = None
@@ -147,3 +162,10 @@ class StreamLoader(EpochLoader):
 
     def _build_batch(self, epoch: int, k: int):
         return _collate([self.reader[key] for key in self.batch_keys(epoch, k)])
+
+    def _finish(self, batch):
+        """uint8 crops to the device, then ToTensor + Normalize's float32 operations in their order (x / 255, - mean,
+        / std: the per-sample transform's bits) and the samples' erasing rectangles, for the whole batch at once."""
+        images, labels, erase = batch
+        x = self._to_device(images).float().div_(255).sub_(self.mean).div_(self.std)
+        return erase_rectangles_(x, erase), self._to_device(labels)
