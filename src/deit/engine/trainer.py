@@ -34,6 +34,7 @@ from .task import DistillationTask, SeededMixup, build_criterion
 class RunResult:
     output: Path
     metrics: dict[str, Any]
+    stopped_by: int = 0  # the signal that stopped the run (state saved), 0 when it was not stopped by one
 
 
 def epoch_checkpoint(epoch: int) -> str:
@@ -139,6 +140,7 @@ class Trainer:
         self.epoch_sums: dict[str, float] = {}
         self.teacher_val_logits: Optional[torch.Tensor] = None
         self.metrics: dict[str, Any] = {}
+        self.stopped_by = 0  # the stop signal that ended training early (state saved)
 
     @property
     def num_epochs(self) -> int:
@@ -385,7 +387,7 @@ class Trainer:
         return nn.utils.get_total_norm(grads)
 
     def train_epoch(self, epoch: int, first_batch: int, stop_after_steps: Optional[int]) -> bool:
-        """Batches first_batch.. of `epoch`; True when stopped early by stop_after_steps."""
+        """Batches first_batch.. of `epoch`; True when stopped early (stop_after_steps, or a stop signal), saved."""
         from tqdm import tqdm
 
         c = self.config
@@ -426,11 +428,16 @@ class Trainer:
                 if stop_after_steps is not None and self.step >= stop_after_steps:
                     self.save(epoch, batch_index)
                     return True
-                # The main process's clock decides, and every process saves at the same step.
-                (save_due,) = self.rt.any(self.rt.is_main and time.monotonic() - last_save > c.save_every_minutes * 60)
-                if save_due:
+                # One all-reduce at the step boundary: a save due by the main process's clock, and a stop asked by a
+                # signal on any process (its number), so that every process saves (and stops) at the same step.
+                save_due, stop = self.rt.all_reduce([self.rt.is_main and time.monotonic() - last_save >
+                                                     c.save_every_minutes * 60, self.rt.stop_signal], op="max")
+                if save_due or stop:
                     self.save(epoch, batch_index)
                     last_save = time.monotonic()
+                if stop:
+                    self.stopped_by = int(stop)
+                    return True
         finally:
             bar.close()
         return False
@@ -500,7 +507,7 @@ class Trainer:
         epoch, first_batch = self.epoch, self.batch
         while epoch < self.num_epochs:  # a time budget fixes num_epochs during the first epoch
             if self.train_epoch(epoch, first_batch, stop_after_steps):
-                return RunResult(self.run_dir, {})
+                return RunResult(self.run_dir, {}, stopped_by=self.stopped_by)
             self.end_epoch(epoch)
             epoch, first_batch = epoch + 1, 0
 
