@@ -195,6 +195,20 @@ def launched_ranks() -> tuple[int, int, int]:
     return int(env.get("WORLD_SIZE", 1)), int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0))
 
 
+def _restart_store(timeout) -> Optional["torch.distributed.Store"]:
+    """Under torchrun, the store its agent serves, with keys of this restart's own (None elsewhere: env://). The
+    agent keeps one store server across --max-restarts, and the process group's keys (gloo's peer addresses) have
+    the same names in every attempt: a restarted rank could read its peer's address of the attempt before and wait
+    on a dead port (seen here: both ranks of a restart stuck in gloo's connectFullMesh)."""
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    import torch.distributed as dist
+
+    agent = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"deit/restart_{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", agent)
+
+
 def setup_runtime(device: str = "auto", precision: str = "auto", threads: Optional[int] = None,
                   deterministic: bool = False) -> Runtime:
     """Configure this process (threads, determinism, the process group under torchrun) and say where it runs:
@@ -223,6 +237,7 @@ def setup_runtime(device: str = "auto", precision: str = "auto", threads: Option
             import torch.distributed.nn.functional as _defaults_bound_now  # noqa: F401
 
             # A rank that fails ends the job (torchrun stops the others); the timeout bounds a silent hang.
+            timeout = datetime.timedelta(minutes=30)
             dist.init_process_group("nccl" if torch_device.type == "cuda" else "gloo", rank=rank,
-                                    world_size=world_size, timeout=datetime.timedelta(minutes=30))
+                                    world_size=world_size, timeout=timeout, store=_restart_store(timeout))
     return rt

@@ -271,6 +271,8 @@ class Trainer:
             "epoch": epoch, "batch": batch, "step": self.step, "best_top1": self.best_top1,
             "epoch_sums": self.epoch_sums, "rng": rng_state(), "world_size": self.rt.world_size,
             "rng_by_rank": self.rt.gather_objects(rng_state()) if self.rt.distributed else None,
+            # Each process's sums of the epoch so far: its losses are its own share of the batches.
+            "epoch_sums_by_rank": self.rt.gather_objects(self.epoch_sums) if self.rt.distributed else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -291,6 +293,13 @@ class Trainer:
             set_rng_state(by_rank[self.rt.rank])
         elif self.rt.rank == 0:  # another world size: rank 0 continues, the others keep their fresh seeds
             set_rng_state(state["rng"])
+        sums = state.get("epoch_sums_by_rank")
+        if sums and len(sums) == self.rt.world_size:
+            self.epoch_sums = sums[self.rt.rank]
+        elif sums:  # another world size: rank 0 takes every saved process's losses, so the epoch's mean stays whole
+            summed = {k: sum(s.get(k, 0) for s in sums) if self.rt.rank == 0 else 0
+                      for k in ("loss", "base", "distill", "n", "images")}
+            self.epoch_sums = {**sums[0], **summed}
 
     def save(self, epoch: int, batch: int) -> None:
         """The resumable state after `batch` batches of `epoch` (called on every process at the same step)."""
