@@ -15,7 +15,7 @@ from pathlib import Path
 from ..config import TrainConfig
 from ..fileio import check_writable
 from .run_dir import METRICS, STATE, STOPS, RunLock, RunWriter, default_output, load_state, read_log, read_run_config
-from .runtime import (Runtime, launched_ranks, requeue_slurm_job, setup_runtime, stop_on_signals)
+from .runtime import STOP_EXIT_CODE, Runtime, launched_ranks, requeue_slurm_job, setup_runtime, stop_on_signals
 from .trainer import RunResult, Trainer, check_config
 
 
@@ -158,7 +158,15 @@ def _record_stop(config: TrainConfig, run_dir: Path, stop: dict) -> None:
 
 def fit_or_reuse(config: TrainConfig) -> RunResult:
     """Train `config` into config.output, reusing a finished run of the same settings and resuming an
-    interrupted one; a directory holding a run of other settings is refused."""
+    interrupted one; a directory holding a run of other settings is refused. A run stopped by a signal ends the
+    caller's process with the stop's exit code (a pipeline cannot go on without it; run again, it resumes)."""
+    result = _fit_or_reuse(config)
+    if result.stopped_by:
+        raise SystemExit(STOP_EXIT_CODE)
+    return result
+
+
+def _fit_or_reuse(config: TrainConfig) -> RunResult:
     run_dir = Path(config.output)
     saved_run = read_run_config(run_dir)
     if saved_run is not None:
