@@ -38,17 +38,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(program: list[str], nproc: int = 2, env: dict | None = None, timeout: int = 300):
-    """torchrun of program (["-m", "deit", ...] or [script, ...]) on loopback."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-               "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *program]
+def launch(program: list[str], nproc: int = 2, env: dict | None = None, timeout: int = 300, restarts: int = 0):
+    """torchrun of program (["-m", "deit", ...] or [script, ...]) on loopback; restarts: --max-restarts, with the
+    c10d rendezvous that torchrun's documentation recommends for elastic jobs."""
+    port = str(free_port())
+    rendezvous = (["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--max-restarts", str(restarts)]
+                  if restarts else ["--master-addr", "127.0.0.1", "--master-port", port])
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), *rendezvous, *program]
     # faulthandler: a rank that dies by a signal prints every thread's Python stack (where it was).
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1", **(env or {})})
 
 
-def torchrun(args: list[str], nproc: int = 2, env: dict | None = None, timeout: int = 300):
-    return launch(["-m", "deit", *args], nproc, env, timeout)
+def torchrun(args: list[str], nproc: int = 2, env: dict | None = None, timeout: int = 300, restarts: int = 0):
+    return launch(["-m", "deit", *args], nproc, env, timeout, restarts)
 
 
 def failure(result: subprocess.CompletedProcess) -> str:
@@ -145,6 +148,32 @@ def test_resume_with_two_ranks_is_bit_exact_and_with_one_close(runs, fmnist_dir)
     assert max_diff(weights(runs / "split1"), weights(runs / "one")) < WEIGHT_TOL
     steps = [json.loads(line)["step"] for line in (runs / "split1" / "log.jsonl").read_text().splitlines()]
     assert steps == [8, 16]
+
+
+TIMING = ("images_per_s", "data_wait_fraction", "epoch_time_s")
+
+
+def test_torchrun_restarts_after_a_stop_signal_and_a_killed_rank_and_finishes_bit_exact(runs, fmnist_dir):
+    """One command line, `--resume auto` under torchrun --max-restarts 2, no person: rank 1 gets SIGTERM during
+    step 5 (every rank saves after step 6 and exits 75), then, in the first restart, rank 1 is killed -9 at step
+    12 (the group goes back to the state after epoch 1); the second restart finishes the run with the weights,
+    metrics and log of the uninterrupted 2-process run."""
+    run = runs / "elastic"
+    faults = "step:rank=1:step=5:restart=0:term,step:rank=1:step=12:restart=1:kill"
+    result = torchrun(train_args(fmnist_dir, run) + ["--resume", "auto"], env={"DEIT_FAULT": faults},
+                      restarts=2, timeout=400)
+    assert result.returncode == 0, failure(result)
+    assert "stopped by SIGTERM at epoch 1, batch 6 of 8 (step 6); state saved" in result.stdout
+    assert "at epoch 1, batch 6 (step 6); torchrun restart 1" in result.stdout
+    assert "at epoch 2, batch 0 (step 8); torchrun restart 2" in result.stdout
+    assert max_diff(weights(run), weights(runs / "two")) == 0.0
+    assert json.loads((run / "metrics.json").read_text())["top1"] == \
+        json.loads((runs / "two" / "metrics.json").read_text())["top1"]
+    rows = [[{k: v for k, v in json.loads(line).items() if k not in TIMING}
+             for line in (r / "log.jsonl").read_text().splitlines()] for r in (run, runs / "two")]
+    assert rows[0] == rows[1] and [r["epoch"] for r in rows[0]] == [1, 2]
+    (stop,) = [json.loads(line) for line in (run / "stops.jsonl").read_text().splitlines()]
+    assert stop["signal"] == "SIGTERM" and stop["step"] == 6 and stop["restart"] == 0
 
 
 def test_a_failing_rank_ends_the_job_with_its_message(tmp_path, fmnist_dir):

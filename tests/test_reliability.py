@@ -10,8 +10,11 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,7 @@ from deit.checkpoint import load_checkpoint, save_model
 from deit.cli import main as cli_main
 from deit.config import preset_config
 from deit.engine import fit
+from deit.engine.run_dir import LOCK, STOPS, RunLock, RunWriter, read_log
 from deit.engine.state_file import FORMAT, decode_state, read_state, save_state
 from deit.models import create_model
 
@@ -69,12 +73,15 @@ def train_args(folder, output, **overrides) -> list[str]:
     return args
 
 
-def deit_process(args: list[str], fault: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def deit_process(args: list[str], fault: str | None = None, env: dict | None = None,
+                 own_session: bool = False) -> subprocess.CompletedProcess:
+    """`deit ARGS` in a subprocess; own_session: in its own process group (a signal to the group stays there)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     env.pop("DEIT_FAULT", None)
     if fault:
         env["DEIT_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "deit", *args], capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run([sys.executable, "-m", "deit", *args], capture_output=True, text=True, env=env, timeout=600,
+                          start_new_session=own_session)
 
 
 def log_rows(run: Path) -> list[dict]:
@@ -238,6 +245,123 @@ def test_full_disk_writing_weights_leaves_the_previous_weights(folder, tmp_path,
     assert state["epoch"] == 1
     weights = load_file(str(run / "model.safetensors"))
     assert all(torch.equal(weights[k], state["model"][k]) for k in weights)  # epoch 1's, whole
+
+
+# ------------------------------------------------------------------------- preemption, requeue, one writer
+def fake_scontrol(tmp_path: Path) -> tuple[dict, Path]:
+    """A SLURM job's environment with an `scontrol` on PATH that records its arguments (one call a line)."""
+    calls, bin_dir = tmp_path / "scontrol-calls", tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242"}, calls
+
+
+def test_sigterm_saves_at_the_next_step_requeues_and_the_same_command_finishes_identically(
+        folder, reference, tmp_path, capsys, monkeypatch):
+    """SIGTERM to every process of the job (DataLoader workers too) at step 3: the state is saved after that step,
+    exit 75, the SLURM job requeued; the same command line, run again, stops once more (no requeue past
+    --max-requeues), then ends with the uninterrupted run's weights, EMA and log, and once finished does nothing."""
+    run = tmp_path / "run"
+    slurm, calls = fake_scontrol(tmp_path)
+    args = train_args(folder, run, num_workers=1, requeue_on_signal=True, max_requeues=1) + ["--resume", "auto"]
+    stopped = deit_process(args, fault="step:step=3:term-group", env=slurm, own_session=True)
+    ended = time.time()
+    assert stopped.returncode == 75, stopped.stderr[-2000:]
+    assert "stopped by SIGTERM at epoch 1, batch 4 of 5 (step 4); state saved" in stopped.stdout
+    assert "SLURM job 4242 requeued (1 of at most 1)" in stopped.stdout
+    assert calls.read_text() == "requeue 4242\n"
+    (row,) = read_log(run, STOPS)
+    assert row["requeued"] and row["step"] == 4 and ended - row["signal_time"] < 10  # signal to exit
+    state = read_state(run / "state.pt")
+    assert (state["epoch"], state["batch"], state["step"]) == (0, 4, 4)
+    assert not (run / LOCK).exists()  # released on the way out
+
+    for name, value in slurm.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("DEIT_FAULT", "step:step=6:term")  # a second stop, in epoch 2
+    assert cli_main(args) == 75
+    out = capsys.readouterr().out
+    assert "resuming" in out and "at epoch 1, batch 4 (step 4)" in out
+    assert "stopped by SIGTERM at epoch 2, batch 2 of 5 (step 7)" in out
+    assert "not requeued: the run was requeued 1 times already (--max-requeues 1)" in out
+    assert calls.read_text() == "requeue 4242\n"  # not called again
+    monkeypatch.delenv("DEIT_FAULT")
+    assert cli_main(args) == 0
+    assert_same_run(run, reference)
+    assert [r["requeued"] for r in read_log(run, STOPS)] == [True, False]
+    before = digests(run)
+    assert cli_main(args) == 0  # requeued once more after the end: nothing to do, nothing changed
+    assert "is finished; nothing to do" in capsys.readouterr().out and digests(run) == before
+
+
+def test_a_second_signal_during_the_save_ends_the_process_and_corrupts_nothing(folder, reference, tmp_path, capsys):
+    """The first SIGTERM asks for a save; a second one while state.pt is being written ends the process there (as
+    without a handler): the previous state.pt stands, and the lock it left is taken over by the next attempt."""
+    run = tmp_path / "run"
+    args = train_args(folder, run) + ["--resume", "auto"]
+    killed = deit_process(args, fault="step:step=3:term,write:file=state.pt:hit=2:term")
+    assert killed.returncode == -signal.SIGTERM, killed.stderr[-2000:]
+    assert read_state(run / "state.pt")["step"] == 0 and (run / LOCK).exists()
+    assert_loadable(run)
+    assert cli_main(args) == 0
+    assert "took over the lock of" in capsys.readouterr().out
+    assert_same_run(run, reference)
+
+
+HOLD_LOCK = """
+import sys, time
+from deit.engine.run_dir import RunLock
+RunLock(sys.argv[1]).acquire()
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_second_writer_is_refused_naming_the_holder_and_a_dead_holders_lock_is_taken_over(folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        for extra in ([], ["--resume", "auto"]):
+            assert cli_main(train_args(folder, run) + extra) == 2
+            line = one_error_line(capsys)
+            assert f"{run} is being written by pid {holder.pid} on {socket.gethostname()} since " in line, line
+        assert sorted(p.name for p in run.iterdir()) == [LOCK]  # the refused runs wrote nothing
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (run / LOCK).exists()  # what kill -9 left; the kernel released its flock
+    with RunLock(run) as lock:
+        assert lock.taken_over["pid"] == holder.pid
+        assert json.loads((run / LOCK).read_text())["pid"] == os.getpid()
+    assert not (run / LOCK).exists()
+
+
+def test_resume_auto_refuses_other_settings_in_one_line_and_needs_an_output(one_epoch, folder, tmp_path, capsys):
+    run = _copy_run(one_epoch["stopped"], tmp_path)
+    before = digests(run)
+    assert cli_main(train_args(folder, run, epochs=1, lr=0.01) + ["--resume", "auto"]) == 2
+    line = one_error_line(capsys)
+    assert "holds a run of other settings: --lr 0.01 (the run has 0.0056); --resume auto continues only" in line
+    assert digests(run) == before
+    args = train_args(folder, run, epochs=1)
+    output = args.index("--output")
+    assert cli_main(args[:output] + args[output + 2:] + ["--resume", "auto"]) == 2
+    assert "--resume auto needs --output RUN" in one_error_line(capsys)
+
+
+def test_the_log_holds_each_epoch_once_whichever_attempt_wrote_it(tmp_path):
+    """Seen: the workers of a torchrun killed with -9 live on and finish the run while a resumed process
+    trains it too (the lock now refuses the second); whatever the path, a row replaces the rows of its epoch and
+    later ones (an abandoned attempt's)."""
+    writer = RunWriter(tmp_path)
+    for epoch in (1, 2, 3):
+        writer.log({"epoch": epoch, "train_loss": 1.0})
+    writer.log({"epoch": 3, "train_loss": 0.5})
+    assert [(r["epoch"], r["train_loss"]) for r in read_log(tmp_path)] == [(1, 1.0), (2, 1.0), (3, 0.5)]
+    writer.log({"epoch": 2, "train_loss": 0.25})
+    assert [(r["epoch"], r["train_loss"]) for r in read_log(tmp_path)] == [(1, 1.0), (2, 0.25)]
 
 
 # ------------------------------------------------------------------------------------- numerical faults

@@ -115,6 +115,14 @@ class TrainConfig:
     keep_checkpoints: bool = _f(False, "also keep the weights after every epoch in checkpoints/epoch-NNN.safetensors "
                                        "(e.g. to distil from an earlier epoch of a teacher)", execution=True)
     output: Optional[str] = _f(None, "run directory (default runs/<model>-<time>)")
+    stop_signal: Optional[str] = _f("USR1", "besides SIGTERM and SIGINT, this signal asks the run to save its state "
+                                            "at the next step and exit with code 75: USR1 | USR2 | none",
+                                    execution=True)
+    requeue_on_signal: bool = _f(False, "after a stop by signal in a SLURM job (SLURM_JOB_ID set), the main process "
+                                        "runs `scontrol requeue $SLURM_JOB_ID`; use with --resume auto",
+                                 execution=True)
+    max_requeues: int = _f(20, "--requeue-on-signal requeues a run at most this many times (counted in "
+                               "RUN/stops.jsonl)", execution=True)
     progress: bool = _f(True, "show progress bars", execution=True)
     report_to: str = _f("none", "also send the run's metrics to experiment trackers: none, or a comma-separated list "
                                 "of tensorboard (RUN/tb), wandb, mlflow (RUN/mlruns unless MLFLOW_TRACKING_URI); "
@@ -141,6 +149,9 @@ class TrainConfig:
             (self.precision in ("auto", "bf16", "fp16", "fp32"),
              f"precision must be auto, bf16, fp16 or fp32, got {self.precision!r}"),
             (self.train_subset is None or self.train_subset > 0, "train_subset must be > 0"),
+            (self.stop_signal in (None, "USR1", "USR2"),
+             f"stop_signal must be USR1, USR2 or none, got {self.stop_signal!r}"),
+            (self.max_requeues >= 0, f"max_requeues must be >= 0, got {self.max_requeues}"),
             (self.canvas is None or self.img_size is None, "--canvas sets the image size: drop --img-size"),
             (not self.linear_probe or self.finetune, "--linear-probe needs --finetune SOURCE: a probe of random "
                                                      "features learns little"),

@@ -69,7 +69,10 @@ def register(sub) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="recipe preset applied under explicit flags (default: the paper's Table 9)")
     p.add_argument("--config", default=None, help="JSON file of options (a run's config.json works)")
-    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run exactly")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR|auto",
+                   help="continue an interrupted run exactly; auto: continue --output when it holds a run of these "
+                        "settings, else start it (the same command line for every attempt: requeued jobs, torchrun "
+                        "--max-restarts)")
     p.add_argument("--stop-after-steps", type=int, default=None, metavar="N",
                    help="stop after global step N, leaving a run that --resume continues (split a long run)")
     add_config_flags(p)
@@ -105,11 +108,19 @@ def run(args) -> int:
     from deit.engine import fit
     from deit.engine.runtime import launched_ranks
 
+    from deit.engine.runtime import STOP_EXIT_CODE
+
     stop = args.stop_after_steps
-    if args.resume:  # the saved recipe, with any execution-only flags given now (threads, progress, ...)
+    if args.resume == "auto":  # the whole recipe is given, every time; fit checks it against a saved run
+        result = fit(config_from_args(args), resume="auto", stop_after_steps=stop)
+    elif args.resume:  # the saved recipe, with any execution-only flags given now (threads, progress, ...)
         result = fit(config=resume_config(args), resume=args.resume, stop_after_steps=stop)
     else:
         result = fit(config_from_args(args), stop_after_steps=stop)
+    if result.stopped_by:  # state saved: every process exits with the code that says "run me again"
+        if launched_ranks()[1] == 0:
+            print(f"continue with the same command and --resume auto, or: deit train --resume {result.output}")
+        return STOP_EXIT_CODE
     if launched_ranks()[1] != 0:
         return 0
     if not result.metrics:

@@ -4,7 +4,18 @@ the loader's device."""
 
 from __future__ import annotations
 
+import signal
+
 import torch
+
+
+def init_worker(_=None) -> None:
+    """Each DataLoader worker process: one core (the training process keeps the rest), and deaf to the signals that
+    ask a run to stop. A scheduler or a terminal signals every process of a job; the training process saves and
+    stops at its next step, and would fail instead if its workers died of the signal under it."""
+    torch.set_num_threads(1)
+    for name in ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2"):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 class EpochLoader:

@@ -10,7 +10,7 @@ import torch
 
 from .augment import (AugmentConfig, build_randaugment, pad_random_crop, random_erase_, random_resized_crop,
                       randaugment_batch)
-from .epochs import EpochLoader
+from .epochs import EpochLoader, init_worker
 from .folder import FolderData
 from .imagedata import ImageData
 from .sampler import RepeatAugSampler
@@ -98,10 +98,6 @@ class _EpochBatches(torch.utils.data.Sampler):
         return self.num_batches - self.start
 
 
-def _worker_init(_):
-    torch.set_num_threads(1)  # one core per worker; the training process keeps the rest
-
-
 class BatchLoader(EpochLoader):
     """Iterates batches: images float32 normalised [B, C, H, W] on `device`, labels int64 [B].
 
@@ -145,7 +141,7 @@ class BatchLoader(EpochLoader):
             self._worker_order = _EpochBatches(self.num_batches)
             self._worker_loader = torch.utils.data.DataLoader(
                 self.builder, batch_size=None, sampler=self._worker_order, num_workers=num_workers,
-                persistent_workers=True, worker_init_fn=_worker_init, pin_memory=self.device.type == "cuda",
+                persistent_workers=True, worker_init_fn=init_worker, pin_memory=self.device.type == "cuda",
                 generator=torch.Generator())  # its own generator: the base-seed draw must not touch the global RNG
 
     def _build_batch(self, epoch: int, k: int):

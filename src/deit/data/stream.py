@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .augment import AugmentConfig, erase_box, erase_rectangles_
-from .epochs import EpochLoader
+from .epochs import EpochLoader, init_worker
 from .folder import FolderData
 from .sampler import RepeatAugSampler, ShardSampler
 from .seeding import derive_seed, seeded_rngs
@@ -75,10 +75,6 @@ def default_num_workers(data) -> int:
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(8, cores - 1))
-
-
-def _worker_init(_):
-    torch.set_num_threads(1)  # one core per worker; the training process keeps the rest
 
 
 class _BatchKeys(torch.utils.data.Sampler):
@@ -143,7 +139,7 @@ class StreamLoader(EpochLoader):
         if num_workers > 0:
             self._worker_loader = torch.utils.data.DataLoader(
                 self.reader, batch_sampler=self._worker_order, num_workers=num_workers, collate_fn=_collate,
-                persistent_workers=persistent, worker_init_fn=_worker_init, pin_memory=self.device.type == "cuda",
+                persistent_workers=persistent, worker_init_fn=init_worker, pin_memory=self.device.type == "cuda",
                 prefetch_factor=prefetch_factor,
                 generator=torch.Generator())  # its own generator: the base-seed draw must not touch the global RNG
 

@@ -1,93 +1,186 @@
-"""A run from start to end: `fit(config)` is what `deit train` calls. Resolve the run directory (new or
-resumed), refuse bad settings before any work, set the process up (one process or one of a torchrun job), train
-with a Trainer, and leave the process group; `fit_or_reuse` is fit for pipelines (a finished run is reused)."""
+"""A run from start to end: `fit(config)` is what `deit train` calls. Resolve the run directory (new, resumed, or
+`resume="auto"`: resumed when it holds a run, else new), refuse bad settings before any work, hold the directory's
+lock (one writer), set the process up (one process or one of a torchrun job), train with a Trainer until the end
+or a stop signal, and leave the process group; `fit_or_reuse` is fit for pipelines (a finished run is reused)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
+import time
 from pathlib import Path
 
 from ..config import TrainConfig
 from ..fileio import check_writable
-from .run_dir import STATE, default_output, load_state, read_run_config
-from .runtime import Runtime, launched_ranks, setup_runtime
+from .run_dir import METRICS, STATE, STOPS, RunLock, RunWriter, default_output, load_state, read_log, read_run_config
+from .runtime import STOP_EXIT_CODE, Runtime, launched_ranks, requeue_slurm_job, setup_runtime, stop_on_signals
 from .tracking import open_trackers
 from .trainer import RunResult, Trainer, check_config
 
 
-def _resolve_run(config: TrainConfig | None, resume) -> tuple[TrainConfig, Path]:
-    if resume is None:
-        run_dir = Path(config.output) if config.output else default_output(config)
-        if (run_dir / STATE).exists():
-            raise ValueError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it "
-                             "or choose another --output")
-        return config, run_dir
-    run_dir = Path(resume)
+def _run_dir(config: TrainConfig | None, resume) -> Path:
+    if resume == "auto":
+        if config is None or not config.output:
+            raise ValueError("--resume auto needs --output RUN: the run directory to continue when it holds a run, "
+                             "else to start in (the same command line every time)")
+        return Path(config.output)
+    if resume is not None:
+        return Path(resume)
+    return Path(config.output) if config.output else default_output(config)
+
+
+def _saved_config(run_dir: Path) -> TrainConfig:
     saved = read_run_config(run_dir)
     if saved is None or not (run_dir / STATE).exists():
         raise FileNotFoundError(f"{run_dir} is not a resumable run (needs config.json and state.pt)")
     try:
-        saved_config = TrainConfig.from_dict(saved["train"])
+        return TrainConfig.from_dict(saved["train"])
     except ValueError as e:  # written by another version of deit (options it has and this one lacks)
         raise ValueError(f"{run_dir} cannot be resumed by this version of deit: {e}") from None
+
+
+def _differing(saved: TrainConfig, config: TrainConfig) -> list[str]:
+    """The settings that shape the result and differ (execution-only ones may change, and the output: a run
+    directory may be moved)."""
+    free = (*TrainConfig.execution_only(), "output")
+    return [k for k, v in config.to_dict().items() if k not in free and getattr(saved, k) != v]
+
+
+def _resolve_run(config: TrainConfig | None, resume, run_dir: Path) -> tuple[TrainConfig, bool]:
+    """The run's config and whether it resumes."""
+    if resume is None or (resume == "auto" and not (run_dir / STATE).exists()):
+        if resume is None and (run_dir / STATE).exists():
+            raise ValueError(f"{run_dir} already holds a run; pass --resume {run_dir} (or --resume auto) to continue "
+                             "it or choose another --output")
+        return config, False
+    saved = _saved_config(run_dir)
     if config is None:
-        return saved_config, run_dir
+        return saved, True
+    if resume == "auto":
+        differing = _differing(saved, config)
+        if differing:
+            flags = ", ".join(f"--{k.replace('_', '-')} {getattr(config, k)!r} (the run has {getattr(saved, k)!r})"
+                              for k in differing)
+            raise ValueError(f"{run_dir} holds a run of other settings: {flags}; --resume auto continues only the run "
+                             "its command describes: drop the change, or choose another --output")
     # Execution-only settings may change on resume; everything that shapes the result may not.
-    return saved_config.replace(**{k: getattr(config, k) for k in TrainConfig.execution_only()}), run_dir
+    return saved.replace(**{k: getattr(config, k) for k in TrainConfig.execution_only()}), True
 
 
 def fit(config: TrainConfig | None, resume: str | Path | None = None,
         stop_after_steps: int | None = None) -> RunResult:
     """Train `config` to the end, or resume the run in `resume` (with `config`, only its execution-only
-    settings apply: threads, progress, ...). `stop_after_steps` stops early, leaving a resumable run (used
-    to test exact resume and to split long runs)."""
-    config, run_dir = _resolve_run(config, resume)
+    settings apply: threads, progress, ...); resume="auto": resume config.output when it holds a run of the same
+    settings, else start it there. `stop_after_steps` stops early, leaving a resumable run (used to test exact
+    resume and to split long runs). A stop signal (SIGTERM, SIGINT, config.stop_signal) saves the state at the
+    next step and returns a RunResult with stopped_by set."""
+    run_dir = _run_dir(config, resume)
+    config, resuming = _resolve_run(config, resume, run_dir)
+    if resuming and resume == "auto" and (run_dir / METRICS).exists():  # a requeued job whose run had finished
+        print(f"deit train: the run in {run_dir} is finished; nothing to do", flush=True)
+        return RunResult(run_dir, json.loads((run_dir / METRICS).read_text()))
     # Everything that can be refused is checked before any training: cheap checks first.
-    check_config(config, world_size=launched_ranks()[0])
+    world_size, rank, _ = launched_ranks()
+    check_config(config, world_size=world_size)
     check_writable(run_dir)
-    rt = setup_runtime(config.device, config.precision, config.threads, config.deterministic)
-    try:
-        result = _train(config, run_dir, rt, resume, stop_after_steps)
-    except BaseException:
-        rt.close()
-        raise
-    # The Trainer (and DDP's hold on the process group) is gone: every process leaves together.
-    rt.close(wait_for_all=True)
+    # One writer per run directory: the main process holds its lock while the run may write (the others never
+    # write). A second run into it is refused here, before any work.
+    with (RunLock(run_dir) if rank == 0 else contextlib.nullcontext()) as lock:
+        if lock is not None and lock.taken_over:
+            print(f"deit train: took over the lock of {run_dir} left by pid {lock.taken_over.get('pid')} on "
+                  f"{lock.taken_over.get('host')} (since {lock.taken_over.get('since')}; no longer running)", flush=True)
+        rt = setup_runtime(config.device, config.precision, config.threads, config.deterministic)
+        try:
+            with stop_on_signals(rt, config.stop_signal):
+                result, stop = _train(config, run_dir, rt, resuming, stop_after_steps)
+        except BaseException:
+            rt.close()
+            raise
+        # The Trainer (and DDP's hold on the process group) is gone: every process leaves together.
+        rt.close(wait_for_all=True)
+        if stop is not None and rt.is_main:
+            _record_stop(config, run_dir, stop)
     return result
 
 
-def _train(config: TrainConfig, run_dir: Path, rt: Runtime, resume, stop_after_steps: int | None) -> RunResult:
-    recorded = (read_run_config(run_dir) or {}).get("precision") if resume is not None else None
+def _train(config: TrainConfig, run_dir: Path, rt: Runtime, resuming: bool,
+           stop_after_steps: int | None) -> tuple[RunResult, dict | None]:
+    """The run's result, and where a stop signal stopped it (None when none did)."""
+    (agreeing,) = rt.all_reduce([resuming])  # every process must see the same run directory (a shared file system)
+    if agreeing not in (0, rt.world_size):
+        raise RuntimeError(f"the processes disagree on whether {run_dir} holds a run to resume: every process must "
+                           "see the run directory at the same path (a shared file system)")
+    recorded = (read_run_config(run_dir) or {}).get("precision") if resuming else None
     trainer = Trainer(config, run_dir, rt, recorded_precision=recorded)
-    if resume is not None:
+    if resuming:
         trainer.load_state_dict(load_state(run_dir, rt.device))
         trainer.restore_schedule((read_run_config(run_dir) or {}).get("schedule"))
         trainer.writer.keep_log_until(trainer.epoch)
+        restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+        rt.print(f"deit train: resuming {run_dir} at epoch {trainer.epoch + 1}, batch {trainer.batch} (step "
+                 f"{trainer.step})" + (f"; torchrun restart {restart}" if restart else ""))
     else:
         trainer.writer.start(trainer.run_config())
         trainer.save(0, 0)  # resumable from the start: a crash in the first epoch loses nothing
-    resumed_at = trainer.step if resume is not None else None
-    with open_trackers(config.report_to, trainer.writer, resumed_at) as trainer.reporter:
+    with open_trackers(config.report_to, trainer.writer, trainer.step if resuming else None) as trainer.reporter:
         result = trainer.fit(stop_after_steps)
         if result.metrics:  # the run ended (not stopped early): the curves and pictures
             trainer.reporter.finish(run_dir, trainer.step, rt.device)
-    return result
+    if not result.stopped_by:
+        return result, None
+    import signal
+
+    saved_at = time.time()
+    epoch, batch = divmod(trainer.step, trainer.steps_per_epoch)
+    if batch == 0 and epoch > 0:  # stopped after an epoch's last step: saved as the end of that epoch's batches
+        epoch, batch = epoch - 1, trainer.steps_per_epoch
+    signalled = rt.stop_signal_time  # this process's signal (another process may have had it)
+    return result, {
+        "signal": signal.Signals(result.stopped_by).name, "epoch": epoch + 1, "batch": batch,
+        "steps_per_epoch": trainer.steps_per_epoch, "step": trainer.step,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "signal_time": signalled,
+        "signal_to_saved_s": round(saved_at - signalled, 3) if signalled else None,
+        "host": socket.gethostname(), "pid": os.getpid(),
+        "restart": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)), "requeued": False,
+    }
+
+
+def _record_stop(config: TrainConfig, run_dir: Path, stop: dict) -> None:
+    """Say where the run stopped, requeue the SLURM job when asked, and record both in stops.jsonl."""
+    note = ""
+    if config.requeue_on_signal:
+        requeued_before = sum(1 for r in read_log(run_dir, STOPS) if r.get("requeued"))
+        stop["requeued"], note = requeue_slurm_job(requeued_before, config.max_requeues)
+        note = f"; {note}"
+    RunWriter(run_dir).stop(stop)
+    after = f" {stop['signal_to_saved_s']:.1f} s after the signal" if stop["signal_to_saved_s"] is not None else ""
+    print(f"deit train: stopped by {stop['signal']} at epoch {stop['epoch']}, batch {stop['batch']} of "
+          f"{stop['steps_per_epoch']} (step {stop['step']}); state saved{after} -> {run_dir}{note}", flush=True)
 
 
 def fit_or_reuse(config: TrainConfig) -> RunResult:
     """Train `config` into config.output, reusing a finished run of the same settings and resuming an
-    interrupted one; a directory holding a run of other settings is refused."""
+    interrupted one; a directory holding a run of other settings is refused. A run stopped by a signal ends the
+    caller's process with the stop's exit code (a pipeline cannot go on without it; run again, it resumes)."""
+    result = _fit_or_reuse(config)
+    if result.stopped_by:
+        raise SystemExit(STOP_EXIT_CODE)
+    return result
+
+
+def _fit_or_reuse(config: TrainConfig) -> RunResult:
     run_dir = Path(config.output)
     saved_run = read_run_config(run_dir)
     if saved_run is not None:
-        saved, ours = TrainConfig.from_dict(saved_run["train"]).to_dict(), config.to_dict()
-        differing = [k for k, v in ours.items() if saved[k] != v and k not in TrainConfig.execution_only()]
+        differing = _differing(TrainConfig.from_dict(saved_run["train"]), config)
         if differing:
             raise ValueError(f"{run_dir} holds a run with other settings ({', '.join(differing)}); "
                              "delete it or choose another output directory")
-        if (run_dir / "metrics.json").exists():
+        if (run_dir / METRICS).exists():
             print(f"reusing the finished run in {run_dir}", flush=True)
-            return RunResult(run_dir, json.loads((run_dir / "metrics.json").read_text()))
+            return RunResult(run_dir, json.loads((run_dir / METRICS).read_text()))
         if (run_dir / STATE).exists():
             print(f"resuming the interrupted run in {run_dir}", flush=True)
             return fit(config, resume=run_dir)

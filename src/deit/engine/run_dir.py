@@ -3,16 +3,22 @@ atomic (deit.fileio), so a crash at any moment leaves the previous complete file
 
 config.json (what the run is), model.safetensors / best.safetensors / ema.safetensors (weights), state.pt
 (everything else needed to resume exactly), log.jsonl (one row per epoch) and summary.csv (the same rows as
-timm's summary.csv), metrics.json and curves.png (at the end)."""
+timm's summary.csv), metrics.json and curves.png (at the end), stops.jsonl (one row per stop asked by a signal:
+where, and whether the job was requeued).
+
+While a run writes its directory it holds RUN/.lock (RunLock): one writer per run directory."""
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
+import os
+import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -26,6 +32,7 @@ CONFIG, STATE, LOG, METRICS, CURVES = "config.json", "state.pt", "log.jsonl", "m
 SUMMARY = "summary.csv"
 # timm's summary.csv columns, in its order; the log's other columns follow
 TIMM_SUMMARY_COLUMNS = ("epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr")
+STOPS, LOCK = "stops.jsonl", ".lock"
 
 
 def default_output(config: TrainConfig) -> Path:
@@ -42,8 +49,8 @@ def read_run_config(run_dir: Path) -> dict | None:
         raise ValueError(f"{path} is not readable JSON ({e}); it is not a run directory of `deit train`") from None
 
 
-def read_log(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / LOG
+def read_log(run_dir: Path, name: str = LOG) -> list[dict]:
+    path = Path(run_dir) / name
     if not path.exists():
         return []
     rows = []
@@ -92,16 +99,24 @@ class RunWriter:
             fault_point("saved", file=STATE)
 
     def log(self, row: dict[str, Any]) -> None:
-        """Appends a row; the whole (small) log is rewritten atomically, so a crash never tears a line."""
+        """Appends the row of an epoch; the whole (small) log is rewritten atomically, so a crash never tears a
+        line. Rows of this epoch or later ones already there are an abandoned attempt's (a run resumed from an
+        earlier state) and are replaced: each epoch appears once in the log, whatever path led here."""
         if self.enabled:
-            self._write_log(read_log(self.run_dir) + [row])
+            self._write_log([r for r in read_log(self.run_dir) if r["epoch"] < row["epoch"]] + [row])
             fault_point("saved", file=LOG)
 
-    def _write_log(self, rows: list[dict]) -> None:
-        """log.jsonl and summary.csv, both from the same rows: rewritten whole, so a resumed run (which first
-        keeps the rows its state has finished) never has an epoch twice in either."""
-        atomic_write(self.run_dir / LOG, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in rows)))
-        write_text(self.run_dir / SUMMARY, summary_csv(rows))
+    def _write_log(self, rows: list[dict], name: str = LOG) -> None:
+        """log.jsonl (and summary.csv, from the same rows) or stops.jsonl: rewritten whole, so a resumed run (which
+        first keeps the rows its state has finished) never has an epoch twice in either."""
+        atomic_write(self.run_dir / name, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in rows)))
+        if name == LOG:
+            write_text(self.run_dir / SUMMARY, summary_csv(rows))
+
+    def stop(self, row: dict[str, Any]) -> None:
+        """Records a stop asked by a signal (stops.jsonl: where, when, whether the job was requeued)."""
+        if self.enabled:
+            self._write_log(read_log(self.run_dir, STOPS) + [row], STOPS)
 
     def keep_log_until(self, epoch: int) -> None:
         """On resume: drop log rows of epochs the saved state has not finished (a crash after the row was
@@ -130,6 +145,95 @@ def summary_csv(rows: list[dict]) -> str:
     writer.writeheader()
     writer.writerows(renamed)
     return out.getvalue()
+
+
+class RunLocked(ValueError):
+    """Another process writes this run directory."""
+
+
+class RunLock:
+    """RUN/.lock while a run writes RUN: an exclusive flock(2) on the file, which holds the holder's host, pid and
+    start time for the messages. The kernel releases a flock when its process dies, however it dies (kill -9
+    included), so a lock is stale exactly when no live process holds it: a lock file left by a killed run is
+    taken over, never waited on or guessed at from a pid. On NFS, Linux implements flock with the server's
+    byte-range locks (NFSv4, or NFSv3 with lockd): it holds across machines, and a dead client's lock is
+    released when its lease expires; a file system without locks (ENOLCK, EOPNOTSUPP) runs unguarded, with a
+    warning. A clean release removes the file."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir, self.path = Path(run_dir), Path(run_dir) / LOCK
+        self.fd: Optional[int] = None
+        self.created_dir = False
+        self.taken_over: Optional[dict] = None  # the holder a killed process left in the file
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+
+        self.created_dir = not self.run_dir.exists()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                self._remove_created_dir()
+                raise RunLocked(f"{self.run_dir} is being written by {_describe(holder)}; wait for it to end or "
+                                "stop it, or choose another --output") from None
+            except OSError as e:
+                os.close(fd)
+                if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    raise
+                print(f"deit train: warning: {self.run_dir} cannot be locked ({e.strerror}): nothing stops a second "
+                      "run from writing into it", flush=True)
+                return self
+            try:  # the file we locked is still the one at the path (a releasing holder removes it)
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        self.fd = fd
+        self.taken_over = _read_holder(fd) or None
+        holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)  # before closing: a process waiting on this file sees it replaced
+            os.close(self.fd)
+            self.fd = None
+        self._remove_created_dir()
+
+    def _remove_created_dir(self) -> None:
+        """A run refused before it wrote anything leaves no directory behind."""
+        if self.created_dir:
+            try:
+                self.run_dir.rmdir()
+            except OSError:  # not empty: the run wrote into it
+                pass
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> dict:
+    try:
+        return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except (ValueError, UnicodeDecodeError):
+        return {}
+
+
+def _describe(holder: dict) -> str:
+    if not holder:
+        return "another process (starting: its details are not written yet)"
+    return f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}"
 
 
 def plot_curves(rows: list[dict], png_path: Path) -> None:

@@ -1,11 +1,17 @@
-"""Where a run executes: device, processes (torch.distributed), RNG state; with its precision (deit.engine.precision).
+"""Where a run executes: device, processes (torch.distributed), RNG state, the signals that ask it to stop, and
+the cluster's requeue; with its precision (deit.engine.precision).
 
 One seeding helper, one place that knows about ranks."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import signal
+import subprocess
+import threading
+import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -61,6 +67,8 @@ class Runtime:
     world_size: int = 1
     rank: int = 0
     local_rank: int = 0
+    stop_signal: int = 0  # the signal that asked this process to stop (0: none yet); see stop_on_signals
+    stop_signal_time: Optional[float] = None
 
     @property
     def is_main(self) -> bool:
@@ -125,10 +133,80 @@ class Runtime:
                 dist.destroy_process_group()
 
 
+# ----------------------------------------------------------------------------------------------- stopping
+# The code a process exits with when a signal stopped it after saving the state: sysexits' EX_TEMPFAIL ("try
+# again later"). Not 0, so that torchrun counts the worker as failed and restarts the group (--max-restarts) and a
+# scheduler does not take the job for finished; not a signal's 128+N, so that a wrapper can tell "saved, run me
+# again" from "killed".
+STOP_EXIT_CODE = 75
+
+
+def stop_signals(extra: Optional[str]) -> list[signal.Signals]:
+    """SIGTERM (torchrun, SLURM, Kubernetes, spot notices), SIGINT (Ctrl-C) and `extra` (USR1 or USR2, e.g. SLURM's
+    --signal=USR1@120)."""
+    return [signal.SIGTERM, signal.SIGINT] + ([signal.Signals[f"SIG{extra}"]] if extra else [])
+
+
+@contextlib.contextmanager
+def stop_on_signals(rt: Runtime, extra: Optional[str]):
+    """While the block runs, a stop signal only records itself on `rt` (the Trainer saves at its next step boundary
+    and stops). A second one while the first is being handled acts as without this handler (the process ends
+    at once; the atomic writes leave the last complete files). Only the main thread can take signals: from
+    another, nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def ask_to_stop(signum, frame):
+        if rt.stop_signal:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        rt.stop_signal, rt.stop_signal_time = signum, time.time()
+
+    previous = {s: signal.signal(s, ask_to_stop) for s in stop_signals(extra)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def requeue_slurm_job(requeued_before: int, cap: int) -> tuple[bool, str]:
+    """`scontrol requeue $SLURM_JOB_ID` (the job goes back to the queue and re-runs its script), unless not under
+    SLURM or `cap` requeues were made already. (requeued, what happened in words)."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return False, "not requeued: not a SLURM job (SLURM_JOB_ID is not set)"
+    if requeued_before >= cap:
+        return False, f"not requeued: the run was requeued {requeued_before} times already (--max-requeues {cap})"
+    try:
+        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, f"not requeued: scontrol requeue {job} failed ({e})"
+    if done.returncode != 0:
+        return False, f"not requeued: scontrol requeue {job} failed: {(done.stderr or done.stdout).strip()[:200]}"
+    return True, f"SLURM job {job} requeued ({requeued_before + 1} of at most {cap})"
+
+
 def launched_ranks() -> tuple[int, int, int]:
     """(world_size, rank, local_rank) as torchrun (or any launcher setting its variables) gives them."""
     env = os.environ
     return int(env.get("WORLD_SIZE", 1)), int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0))
+
+
+def _restart_store(timeout) -> Optional["torch.distributed.Store"]:
+    """Under torchrun, the store its agent serves, with keys of this restart's own (None elsewhere: env://). The
+    agent keeps one store server across --max-restarts, and the process group's keys (gloo's peer addresses) have
+    the same names in every attempt: a restarted rank could read its peer's address of the attempt before and wait
+    on a dead port (seen here: both ranks of a restart stuck in gloo's connectFullMesh)."""
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    import torch.distributed as dist
+
+    agent = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"deit/restart_{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", agent)
 
 
 def setup_runtime(device: str = "auto", precision: str = "auto", threads: Optional[int] = None,
@@ -159,6 +237,7 @@ def setup_runtime(device: str = "auto", precision: str = "auto", threads: Option
             import torch.distributed.nn.functional as _defaults_bound_now  # noqa: F401
 
             # A rank that fails ends the job (torchrun stops the others); the timeout bounds a silent hang.
+            timeout = datetime.timedelta(minutes=30)
             dist.init_process_group("nccl" if torch_device.type == "cuda" else "gloo", rank=rank,
-                                    world_size=world_size, timeout=datetime.timedelta(minutes=30))
+                                    world_size=world_size, timeout=timeout, store=_restart_store(timeout))
     return rt

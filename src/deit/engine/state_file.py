@@ -86,6 +86,8 @@ def encode_state(state: dict) -> dict:
     if state.get("rng_by_rank"):
         out["rng_by_rank"] = [encode_rng(r) for r in state["rng_by_rank"]]
     out["epoch_sums"] = _plain(state.get("epoch_sums", {}))
+    if state.get("epoch_sums_by_rank"):
+        out["epoch_sums_by_rank"] = _plain(state["epoch_sums_by_rank"])
     out["best_top1"] = float(state["best_top1"])
     return out
 

@@ -35,6 +35,7 @@ from .task import DistillationTask, SeededMixup, build_criterion
 class RunResult:
     output: Path
     metrics: dict[str, Any]
+    stopped_by: int = 0  # the signal that stopped the run (state saved), 0 when it was not stopped by one
 
 
 def epoch_checkpoint(epoch: int) -> str:
@@ -146,6 +147,7 @@ class Trainer:
         self.epoch_sums: dict[str, float] = {}
         self.teacher_val_logits: Optional[torch.Tensor] = None
         self.metrics: dict[str, Any] = {}
+        self.stopped_by = 0  # the stop signal that ended training early (state saved)
 
     @property
     def num_epochs(self) -> int:
@@ -280,6 +282,8 @@ class Trainer:
             "epoch": epoch, "batch": batch, "step": self.step, "best_top1": self.best_top1,
             "epoch_sums": self.epoch_sums, "rng": rng_state(), "world_size": self.rt.world_size,
             "rng_by_rank": self.rt.gather_objects(rng_state()) if self.rt.distributed else None,
+            # Each process's sums of the epoch so far: its losses are its own share of the batches.
+            "epoch_sums_by_rank": self.rt.gather_objects(self.epoch_sums) if self.rt.distributed else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -300,6 +304,13 @@ class Trainer:
             set_rng_state(by_rank[self.rt.rank])
         elif self.rt.rank == 0:  # another world size: rank 0 continues, the others keep their fresh seeds
             set_rng_state(state["rng"])
+        sums = state.get("epoch_sums_by_rank")
+        if sums and len(sums) == self.rt.world_size:
+            self.epoch_sums = sums[self.rt.rank]
+        elif sums:  # another world size: rank 0 takes every saved process's losses, so the epoch's mean stays whole
+            summed = {k: sum(s.get(k, 0) for s in sums) if self.rt.rank == 0 else 0
+                      for k in ("loss", "base", "distill", "n", "images")}
+            self.epoch_sums = {**sums[0], **summed}
 
     def save(self, epoch: int, batch: int) -> None:
         """The resumable state after `batch` batches of `epoch` (called on every process at the same step)."""
@@ -397,7 +408,7 @@ class Trainer:
         return nn.utils.get_total_norm(grads)
 
     def train_epoch(self, epoch: int, first_batch: int, stop_after_steps: Optional[int]) -> bool:
-        """Batches first_batch.. of `epoch`; True when stopped early by stop_after_steps."""
+        """Batches first_batch.. of `epoch`; True when stopped early (stop_after_steps, or a stop signal), saved."""
         from tqdm import tqdm
 
         c = self.config
@@ -440,11 +451,16 @@ class Trainer:
                 if stop_after_steps is not None and self.step >= stop_after_steps:
                     self.save(epoch, batch_index)
                     return True
-                # The main process's clock decides, and every process saves at the same step.
-                (save_due,) = self.rt.any(self.rt.is_main and time.monotonic() - last_save > c.save_every_minutes * 60)
-                if save_due:
+                # One all-reduce at the step boundary: a save due by the main process's clock, and a stop asked by a
+                # signal on any process (its number), so that every process saves (and stops) at the same step.
+                save_due, stop = self.rt.all_reduce([self.rt.is_main and time.monotonic() - last_save >
+                                                     c.save_every_minutes * 60, self.rt.stop_signal], op="max")
+                if save_due or stop:
                     self.save(epoch, batch_index)
                     last_save = time.monotonic()
+                if stop:
+                    self.stopped_by = int(stop)
+                    return True
         finally:
             bar.close()
         return False
@@ -515,7 +531,7 @@ class Trainer:
         epoch, first_batch = self.epoch, self.batch
         while epoch < self.num_epochs:  # a time budget fixes num_epochs during the first epoch
             if self.train_epoch(epoch, first_batch, stop_after_steps):
-                return RunResult(self.run_dir, {})
+                return RunResult(self.run_dir, {}, stopped_by=self.stopped_by)
             self.end_epoch(epoch)
             epoch, first_batch = epoch + 1, 0
 
