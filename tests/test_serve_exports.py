@@ -153,8 +153,12 @@ def test_hf_preprocessing_equals_a_streamed_folders_eval_transform(student):
                              streamed=True)
     processor = transformers.BitImageProcessor(**{k: v for k, v in preprocessor_config(prep).items()
                                                    if k != "image_processor_type"})
-    ours = eval_transform(prep.img_size, prep.crop_ratio, prep.mean, prep.std)
-    std = torch.tensor(prep.std).view(3, 1, 1)
+    crop = eval_transform(prep.img_size, prep.crop_ratio)  # up to the uint8 crop; normalised per batch, as here
+    mean, std = torch.tensor(prep.mean).view(3, 1, 1), torch.tensor(prep.std).view(3, 1, 1)
+
+    def ours(image):
+        return (crop(image).float() / 255 - mean) / std
+
     compared = 0
     for i, file in enumerate(files[:12]):
         image = Image.open(file).convert("RGB").resize((56 + 3 * i, 42), Image.BILINEAR)
