@@ -462,3 +462,26 @@ def test_train_without_augmentation_is_a_seeded_shuffle():
     assert len(BatchLoader(data, 30, train=True, drop_last=False)) == 4
     with pytest.raises(ValueError, match="no batch"):
         BatchLoader(synthetic(20), 30, train=True)
+
+
+def test_a_process_with_live_workers_deaf_to_sigterm_still_exits():
+    """Workers ignore stop signals (init_worker); multiprocessing's exit terminates daemonic children with SIGTERM and
+    joins them, so a loader still alive at exit used to hang the interpreter (seen: pytest never returned after the
+    suite passed). The process must exit by itself, quickly."""
+    import subprocess
+    import sys
+
+    script = ("import torch\n"
+              "from deit.data.epochs import init_worker\n"
+              "ds = torch.utils.data.TensorDataset(torch.zeros(8, 1))\n"
+              "loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, persistent_workers=True,\n"
+              "                                     worker_init_fn=init_worker)\n"
+              "it = iter(loader)\n"
+              "next(it)\n"
+              "KEEP = (loader, it)  # alive at interpreter exit\n"
+              "print('done', flush=True)\n")
+    try:
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process hung at exit with its DataLoader workers alive")
+    assert out.returncode == 0 and out.stdout.strip() == "done", out.stderr[-2000:]

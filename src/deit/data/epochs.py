@@ -4,6 +4,7 @@ the loader's device."""
 
 from __future__ import annotations
 
+import atexit
 import signal
 
 import torch
@@ -16,6 +17,21 @@ def init_worker(_=None) -> None:
     torch.set_num_threads(1)
     for name in ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2"):
         signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
+def _kill_workers_left_at_exit() -> None:
+    """At interpreter exit multiprocessing terminates its daemonic children (SIGTERM), then joins them: workers deaf to
+    SIGTERM (init_worker) that are still alive then (a loader never garbage-collected) would hang the exit forever.
+    They only read data: kill them. Registered after `import torch` has imported multiprocessing.util, so atexit
+    (last in, first out) runs it before multiprocessing's own exit function."""
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+
+
+atexit.register(_kill_workers_left_at_exit)
 
 
 class EpochLoader:
