@@ -19,7 +19,7 @@ from typing import Any
 
 from .config import TrainConfig, preset_config
 from .engine import fit_or_reuse
-from .engine.run_dir import STATE, read_run_config
+from .engine.run_dir import read_run_config
 from .fileio import write_json, write_text
 from .reproduce.studies import (SMALL_CANVAS_DISTILLED, SMALL_CANVAS_RECIPE, SMALL_CANVAS_STUDENT,
                                 SMALL_CANVAS_TEACHER)
@@ -36,18 +36,6 @@ SETTINGS = {"small": SMALL_SHARES, "full": FULL_SHARES}
 FINAL_RESERVE_S = 5  # after the last run: the table, the process's exit
 MIN_RUN_S = 20  # a budget below this would train a few steps only
 LABELS = {"teacher": "teacher", "none": "no distillation", "token": "distillation token"}
-
-
-def pace(timing: dict[str, dict]) -> float:
-    """How well this machine keeps a run's budget: the budgets of the runs this call trained from the start over
-    their wall times (1.0 before the first). A run sizes its schedule from its first steps, but its budget also pays
-    for start-up, evaluations and steps that run slower than those (a 2-core Zen 4, seed 0: the three runs took 8 %,
-    17 % and 21 % over their budgets, the pipeline 6.5 % over 20 min); each later budget scaled by it keeps the end
-    on time, as only the last run's own error reaches it. Bounded: one odd run cannot starve or overfill the next."""
-    trained = [t for t in timing.values() if t["budget_s"] is not None and t["fresh"]]
-    if not trained:
-        return 1.0
-    return min(1.25, max(0.5, sum(t["budget_s"] for t in trained) / sum(t["wall_s"] for t in trained)))
 
 
 def pipeline_dir(output: str | Path, setting: str, seed: int) -> Path:
@@ -128,11 +116,9 @@ def run_pipeline(output: str | Path = "runs/pipeline", minutes: float | None = 2
     for i, (name, config) in enumerate(configs.items()):
         now = time.monotonic()
         budget_s = None
-        scale = 1.0
         if minutes is not None and not fixed[name]:
             later = list(configs)[i:]
-            scale = pace(timing)
-            budget_s = (end - now) * shares[name] / sum(shares[n] for n in later) * scale
+            budget_s = (end - now) * shares[name] / sum(shares[n] for n in later)
             if budget_s < MIN_RUN_S:
                 print(f"deit pipeline: {budget_s:.0f} s left for the {LABELS[name]} run of the {minutes:g} min; it "
                       f"gets {MIN_RUN_S} s and the pipeline will run over (give more --minutes)", flush=True)
@@ -142,11 +128,9 @@ def run_pipeline(output: str | Path = "runs/pipeline", minutes: float | None = 2
             # Both students in one precision (the probe, run per model, may choose apart: a noisy machine, or the
             # teacher's forward in the token student's step): they differ only in the token and its teacher.
             config = config.replace(precision=read_run_config(configs["none"].output)["precision"])
-        fresh = not (Path(config.output) / STATE).exists()  # neither reused nor resumed: its wall time is its own
         metrics[name] = fit_or_reuse(config).metrics
         # where the minutes went (this call's: a reused run takes none)
-        timing[name] = {"start_s": now - started, "budget_s": budget_s, "scale": scale, "fresh": fresh,
-                        "wall_s": time.monotonic() - now}
+        timing[name] = {"start_s": now - started, "budget_s": budget_s, "wall_s": time.monotonic() - now}
     rows = table_rows(configs, metrics)
     gain = metrics["token"]["top1"] - metrics["none"]["top1"] if "none" in metrics else None
     table = format_table(rows, gain)
