@@ -10,7 +10,8 @@ import torch
 
 from deit.cli import build_parser
 from deit.cli.train import config_from_args
-from deit.pipeline import FINAL_RESERVE_S, MIN_RUN_S, SMALL_SHARES, pipeline_configs, run_pipeline
+from deit.pipeline import (FINAL_RESERVE_S, FULL_SHARES, MIN_RUN_S, SMALL_SHARES, pipeline_configs, run_budgets,
+                           run_pipeline)
 from deit.reproduce import (STUDIES, encode_predictions, plot_study, render_tables, row_config, run_study,
                             train_command)
 
@@ -55,14 +56,14 @@ def test_pipeline_minutes_size_every_schedule_to_its_share(tmp_path, fmnist_dir,
     base = tmp_path / "p" / "small-s0"
     saved = {name: json.loads((base / name / "config.json").read_text()) for name in ("teacher", "none", "token")}
     budgets = {name: s["train"]["time_budget_minutes"] * 60 for name, s in saved.items()}
-    # Each run: its share of what was left of the minutes (less the final reserve) when it started, never below
-    # MIN_RUN_S: an early or late run moves the later ones, not the end.
+    # The teacher: its share of the minutes (less the final reserve); the students: equal shares of what was left
+    # when the first of them started, never below MIN_RUN_S: the same minutes for both, whatever the first did.
     usable = 2.0 * 60 - FINAL_RESERVE_S
     timing, later = result["timing"], list(SMALL_SHARES)
-    for i, name in enumerate(later):
-        share = SMALL_SHARES[name] / sum(SMALL_SHARES[n] for n in later[i:])
-        assert budgets[name] == pytest.approx(max(share * (usable - timing[name]["start_s"]), MIN_RUN_S))
-        assert timing[name]["start_s"] >= (timing[later[i - 1]]["start_s"] + timing[later[i - 1]]["wall_s"] if i else 0)
+    assert budgets["teacher"] == pytest.approx(SMALL_SHARES["teacher"] / sum(SMALL_SHARES.values()) * usable, rel=1e-3)
+    assert budgets["none"] == budgets["token"] == pytest.approx(max((usable - timing["none"]["start_s"]) / 2, MIN_RUN_S))
+    for i, name in enumerate(later[1:], 1):
+        assert timing[name]["start_s"] >= timing[later[i - 1]]["start_s"] + timing[later[i - 1]]["wall_s"]
     for name, s in saved.items():
         plan = s["schedule"]
         assert plan["budget_s"] == pytest.approx(budgets[name])
@@ -162,3 +163,11 @@ def test_train_without_a_preset_never_runs_the_imagenet_recipe_on_small_data(cap
         config_from_args(parser.parse_args(["train", "--data", "cifar10"]))
     imagenet = config_from_args(parser.parse_args(["train", "--preset", "deit", "--data", "cifar10"]))
     assert imagenet.batch_size == 1024  # asked for by name
+
+
+def test_the_students_share_what_the_teacher_left_equally_fixed_when_the_first_starts():
+    order = list(SMALL_SHARES)  # teacher, none, token
+    assert run_budgets("teacher", order, SMALL_SHARES, 950.0) == {"teacher": pytest.approx(200.0)}
+    # The teacher ended early: 800 s left; each student gets 400 s, the token student too however long none takes.
+    assert run_budgets("none", order, SMALL_SHARES, 800.0) == {"none": 400.0, "token": 400.0}
+    assert run_budgets("token", ["teacher", "token"], FULL_SHARES, 600.0) == {"token": 600.0}

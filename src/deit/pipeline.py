@@ -7,9 +7,12 @@ The default setting is the regime where the paper's claim holds: little data (4,
 40x40 canvas, where the student cannot learn the convnet's bias alone (docs/results.md, "The main job"). The
 setting "full" is the earlier pipeline: a teacher and a distilled student on all 60,000 images.
 
-With a time budget each run gets its share of what is left of the minutes when it starts, and sizes its schedule to
-that from its own measured speed (engine/budget.py), so that an early or late run moves the others, not the end. A
-second call reuses what is finished; every run directory is <output>/<setting>-s<seed>/<run>."""
+With a time budget the teacher gets its share of the minutes, and the students, when the first of them starts,
+their shares of what is left, fixed then: equal minutes for both students whatever the first one did, so that the
+comparison stays fair (giving the second student what the first left over gave the undistilled student twice the
+token student's epochs once). Each run sizes its schedule to its budget from its own measured pace, again after
+every epoch (engine/budget.py), which keeps the end. A second call reuses what is finished; every run directory is
+<output>/<setting>-s<seed>/<run>."""
 
 from __future__ import annotations
 
@@ -101,24 +104,33 @@ def format_table(rows: list[dict[str, Any]], gain: float | None = None) -> str:
     return "\n".join(lines)
 
 
+def run_budgets(name: str, order: list[str], shares: dict[str, float], left_s: float) -> dict[str, float]:
+    """Seconds for the run `name` about to start and, if it is the first student, for every student: their shares
+    of the left_s seconds shared with every run still to come (the teacher with all; the students among
+    themselves)."""
+    later = order[order.index(name):]
+    group = [name] if name == "teacher" else later
+    return {n: left_s * shares[n] / sum(shares[m] for m in later) for n in group}
+
+
 def run_pipeline(output: str | Path = "runs/pipeline", minutes: float | None = 20.0, setting: str = "small",
                  started: float | None = None, **options: Any) -> dict[str, Any]:
     """Train the setting's runs in order and write pipeline.md / pipeline.json. With `minutes` (counted from
-    `started`, a time.monotonic(); default: now), each run is sized to its share of what is left (None: the
-    presets' epochs); an explicit teacher_epochs / student_epochs fixes those runs' length instead."""
+    `started`, a time.monotonic(); default: now), each run gets a budget (run_budgets; None: the presets'
+    epochs); an explicit teacher_epochs / student_epochs fixes those runs' length instead."""
     started = time.monotonic() if started is None else started
     configs = pipeline_configs(setting, output, **options)
     shares = SETTINGS[setting]
     fixed = {"teacher": "teacher_epochs" in options, "none": "student_epochs" in options,
              "token": "student_epochs" in options}
     end = started + (minutes or 0) * 60 - FINAL_RESERVE_S
-    metrics, timing = {}, {}
-    for i, (name, config) in enumerate(configs.items()):
+    metrics, timing, budgets = {}, {}, {}
+    for name, config in configs.items():
         now = time.monotonic()
-        budget_s = None
-        if minutes is not None and not fixed[name]:
-            later = list(configs)[i:]
-            budget_s = (end - now) * shares[name] / sum(shares[n] for n in later)
+        if minutes is not None and name not in budgets:
+            budgets.update(run_budgets(name, list(configs), shares, end - now))
+        budget_s = budgets.get(name) if not fixed[name] else None
+        if budget_s is not None:
             if budget_s < MIN_RUN_S:
                 print(f"deit pipeline: {budget_s:.0f} s left for the {LABELS[name]} run of the {minutes:g} min; it "
                       f"gets {MIN_RUN_S} s and the pipeline will run over (give more --minutes)", flush=True)

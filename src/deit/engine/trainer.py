@@ -22,7 +22,7 @@ from ..config import TrainConfig
 from ..faults import fault_point
 from ..finetune import apply as apply_finetune, prepare as prepare_finetune
 from ..losses import LossOutput
-from .budget import BudgetPlan, calibration_steps, plan_schedule
+from .budget import BudgetPlan, Pace, calibration_steps, plan_schedule, steady_step_s
 from .evaluate import evaluate, predict
 from .optim import build_optimizer, lr_at, scaled_lr
 from .run_dir import STATE, RunWriter, read_log
@@ -141,6 +141,9 @@ class Trainer:
         self.warmup_steps = int(round(c.warmup_epochs * self.steps_per_epoch))
         self.budget_plan: Optional[BudgetPlan] = None
         self.step_times: list[float] = []  # while calibrating a time budget
+        self.pace: Optional[Pace] = None  # after calibrating in this process: the schedule is planned again each epoch
+        self.last_eval_s: Optional[float] = None  # the latest evaluation's seconds
+        self.epoch_eval_s = 0.0
         self.peak_lr = scaled_lr(c)
         # position and running results
         self.epoch, self.batch, self.step, self.best_top1 = 0, 0, 0, -1.0
@@ -174,15 +177,34 @@ class Trainer:
 
     def calibrate(self) -> None:
         """Size the schedule to the time budget from the steps measured so far (the main process decides)."""
-        c, rt = self.config, self.rt
+        c = self.config
         plan = plan_schedule(c.time_budget_minutes * 60, time.monotonic() - self.started, self.step,
-                             self.step_times, self._estimate_eval_s(), self.steps_per_epoch, c.eval_every)
-        (total,) = rt.all_reduce([plan.total_steps if rt.is_main else 0])
+                             steady_step_s(self.step_times), self._estimate_eval_s(), self.steps_per_epoch,
+                             c.eval_every)
+        self._adopt(plan)
+        self.pace = Pace()
+        self.rt.print(f"time budget {c.time_budget_minutes:g} min: {plan.step_s * 1000:.0f} ms a step, "
+                      f"~{plan.eval_s:.0f} s an evaluation -> {plan.epochs:.2f} epochs ({plan.total_steps} steps)")
+
+    def replan(self, epoch_wall_s: float, steps: int) -> None:
+        """After an epoch: size what is left of the schedule to what is left of the budget at the pace of the
+        last epochs and the last evaluation's time. A resumed run keeps its recorded schedule (no pace)."""
+        c = self.config
+        self.pace.add(epoch_wall_s, steps)
+        eval_s = self.last_eval_s if self.last_eval_s is not None else self.budget_plan.eval_s
+        plan = plan_schedule(c.time_budget_minutes * 60, time.monotonic() - self.started, self.step,
+                             self.pace.step_s, eval_s, self.steps_per_epoch, c.eval_every)
+        plan.first_total_steps = self.budget_plan.first_total_steps
+        self._adopt(plan)
+
+    def _adopt(self, plan: BudgetPlan) -> None:
+        """Every process takes the main process's total (their clocks differ); recorded in config.json."""
+        (total,) = self.rt.all_reduce([plan.total_steps if self.rt.is_main else 0])
         plan.total_steps, plan.epochs = int(total), int(total) / self.steps_per_epoch
+        if plan.first_total_steps is None:  # calibration's plan
+            plan.first_total_steps = plan.total_steps
         self.budget_plan, self.total_steps = plan, plan.total_steps
         self.writer.update_config({"schedule": plan.to_dict()})
-        rt.print(f"time budget {c.time_budget_minutes:g} min: {plan.step_s * 1000:.0f} ms a step, "
-                 f"~{plan.eval_s:.0f} s an evaluation -> {plan.epochs:.2f} epochs ({plan.total_steps} steps)")
 
     @torch.no_grad()
     def _estimate_eval_s(self) -> float:
@@ -499,7 +521,9 @@ class Trainer:
         }
         row["skipped_images"] = sum(len(getattr(d, "skipped", ())) for d in (self.train_data, self.val_data))
         if epoch + 1 == self.num_epochs or (epoch + 1) % c.eval_every == 0:
+            started = time.monotonic()
             self.metrics = self.evaluate()
+            self.last_eval_s = self.epoch_eval_s = time.monotonic() - started
             row.update({f"val_{k}": v for k, v in self.metrics.items() if not k.startswith("disagree")})
             if self.metrics["top1"] > self.best_top1:
                 self.best_top1 = self.metrics["top1"]
@@ -529,10 +553,14 @@ class Trainer:
                       f"{len(self.val_data):,} val), {self._length()}, "
                       f"{self.rt.precision} on {self.rt.device}, distillation={c.distillation} -> {self.run_dir}")
         epoch, first_batch = self.epoch, self.batch
-        while epoch < self.num_epochs:  # a time budget fixes num_epochs during the first epoch
+        while epoch < self.num_epochs:  # a time budget sets num_epochs during the first epoch, then each epoch
+            pace, started, steps = self.pace, time.monotonic(), self.step
             if self.train_epoch(epoch, first_batch, stop_after_steps):
                 return RunResult(self.run_dir, {}, stopped_by=self.stopped_by)
+            self.epoch_eval_s = 0.0
             self.end_epoch(epoch)
+            if pace is not None and epoch + 1 < self.num_epochs:  # not the calibration's epoch (start-up costs)
+                self.replan(time.monotonic() - started - self.epoch_eval_s, self.step - steps)
             epoch, first_batch = epoch + 1, 0
 
         log_rows = read_log(self.run_dir) if self.rt.is_main else []
