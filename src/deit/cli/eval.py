@@ -28,11 +28,11 @@ def run(args) -> int:
     from deit.model_source import load_model_source
 
     source = load_model_source(args.checkpoint, args.weights)  # a bad name is one line before any data is read
-    if source.hub is not None:  # on stderr: --json keeps stdout to the metrics
-        print(f"model: {describe(source.hub)}", file=sys.stderr)
     metrics = evaluate_run(source, data=args.data, data_dir=args.data_dir, weights=args.weights,
                            batch_size=args.batch_size, device=args.device, precision=args.precision,
                            teacher=args.teacher, teacher_weights=args.teacher_weights, progress=not args.json)
+    if source.hub is not None:  # what the name resolved to, once it worked (on stderr: stdout is the metrics)
+        print(f"model: {describe(source.hub)}", file=sys.stderr)
     if args.json:
         print(json.dumps(metrics))
     else:

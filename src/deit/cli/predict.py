@@ -25,10 +25,10 @@ def run(args) -> int:
     from deit.predict import classify_files
 
     source = load_model_source(args.model, args.weights)  # a bad name is one line before any image is read
-    if source.hub is not None:  # on stderr: --json keeps stdout to the predictions
-        print(f"model: {describe(source.hub)}", file=sys.stderr)
     predictions = classify_files(source, args.images, weights=args.weights, top_k=args.top_k,
                                  batch_size=args.batch_size, device=args.device, precision=args.precision)
+    if source.hub is not None:  # what the name resolved to, once it worked (on stderr: stdout is the predictions)
+        print(f"model: {describe(source.hub)}", file=sys.stderr)
     if args.json:
         print(json.dumps([dataclasses.asdict(p) for p in predictions]))
         return 0
