@@ -169,3 +169,30 @@ def test_eval_on_data_of_other_classes_is_one_line(setup, offline, capsys, tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "predicts 3 classes and imagefolder:" in err[0] and "has 2, not the same names (fox " \
         "in one only): its predictions cannot be scored on this data" in err[0], err
+
+
+@torch.no_grad()
+def test_a_transformers_deit_repo_predicts_as_transformers_does(setup, offline, capsys, tmp_path):
+    """A repo as facebook/deit-* are published: DeiTForImageClassificationWithTeacher with DeiTImageProcessor (resize
+    to a square of 36, crop 32: on square images the shorter side's resize), saved by transformers itself."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.DeiTConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, intermediate_size=96,
+                                     image_size=32, patch_size=8, layer_norm_eps=1e-6, id2label=dict(enumerate(CLASSES)))
+    model = perturb_(transformers.DeiTForImageClassificationWithTeacher(config), seed=6)
+    # PIL's resize, as transformers 4's DeiTImageProcessor (transformers 5's default resizes float tensors)
+    pil_processor = getattr(transformers, "DeiTImageProcessorPil", transformers.DeiTImageProcessor)
+    processor = pil_processor(size={"height": 36, "width": 36}, crop_size={"height": 32, "width": 32})
+    model.save_pretrained(tmp_path / "repo")
+    processor.save_pretrained(tmp_path / "repo")
+    put_in_cache(offline, "acme/deit-transformers", "b" * 40, _snapshot(tmp_path / "repo"), refs=["main"])
+    gen = torch.Generator().manual_seed(1)
+    files = []
+    for i, side in enumerate((32, 45, 64)):
+        files.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray((torch.rand(side, side, 3, generator=gen) * 255).to(torch.uint8).numpy()).save(files[-1])
+    got, _ = predict_json(capsys, "hf-hub:acme/deit-transformers", files)
+    probs = model(**processor(images=[Image.open(f) for f in files], return_tensors="pt")).logits.softmax(-1)
+    for mine, row in zip(got, probs):
+        best = row.topk(3)
+        assert [c for c, _ in mine["top"]] == [CLASSES[i] for i in best.indices]
+        assert [p for _, p in mine["top"]] == pytest.approx(best.values.tolist(), abs=1e-5)
