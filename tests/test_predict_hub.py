@@ -33,7 +33,8 @@ def _snapshot(folder) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A distilled run streamed at 32 px (eval: shorter side to 36, centre crop), its hf and timm exports as local
-    directories and in a hub cache, timm's test_vit in the cache, and PNG files of several sizes."""
+    directories and in a hub cache (the run itself too), timm's test_vit in the cache, and PNG files of several
+    sizes."""
     from timm.models._hub import save_for_hf
 
     tmp = tmp_path_factory.mktemp("predict_hub")
@@ -46,6 +47,8 @@ def setup(tmp_path_factory):
     for layout in ("hf", "timm"):
         convert_checkpoint(run, tmp / layout, layout=layout)
         put_in_cache(cache, f"acme/student-{layout}", COMMIT, _snapshot(tmp / layout), refs=["main"])
+    run_files = {name: (run / name).read_bytes() for name in ("config.json", "model.safetensors")}
+    put_in_cache(cache, "acme/student-run", COMMIT, run_files, refs=["main"])  # the run itself, pushed as it is
     vit = perturb_(timm.create_model("test_vit"), seed=3)
     save_for_hf(vit, str(tmp / "test_vit"), safe_serialization=True)
     put_in_cache(cache, "timm/test_vit.r160_in1k", "4" * 40, _snapshot(tmp / "test_vit"), refs=["main"])
@@ -86,7 +89,8 @@ def predict_json(capsys, model, files, *flags) -> tuple[list[dict], str]:
     return json.loads(out.out), out.err
 
 
-@pytest.mark.parametrize("name", ["hf-hub:acme/student-hf", "hf-hub:acme/student-timm", "hf", "timm"])
+@pytest.mark.parametrize("name", ["hf-hub:acme/student-hf", "hf-hub:acme/student-timm", "hf-hub:acme/student-run",
+                                  "hf", "timm"])
 def test_an_export_by_hub_name_or_as_a_directory_predicts_as_the_run(setup, offline, capsys, name):
     run, tmp, _, _, _, files = setup
     expected, _ = predict_json(capsys, run, files)
