@@ -32,7 +32,7 @@ from .models import (
 )
 from .models.vit import to_2tuple
 from .safe_read import is_safetensors, read_json, read_safetensors, torch_load_weights_only
-from .timm_layout import timm_export
+from .timm_layout import timm_export, vit_config_from_timm
 
 log = logging.getLogger(__name__)
 
@@ -189,14 +189,25 @@ def _model_described_by(path: Path, state_dict: dict[str, Tensor]) -> nn.Module:
     config_file = path / CONFIG_NAME if path.is_dir() else path.with_name(CONFIG_NAME)
     # A config.json beside a file counts only for the standard weights file of that directory.
     if config_file.is_file() and (path.is_dir() or path.name in HF_WEIGHTS_NAMES):
-        config = read_json(config_file)
-        if "model" in config:
-            return model_from_spec(config["model"])
-        if "model_type" in config:
-            return VisionTransformer(vit_config_from_hf(config))
-        if "architecture" in config:
-            return create_model(timm_layout_name(config), num_classes=config.get("num_classes", 1000))
+        model = described_model(read_json(config_file))
+        if model is not None:
+            return model
     return VisionTransformer(infer_vit_config(state_dict, str(path)))
+
+
+def described_model(config: dict) -> nn.Module | None:
+    """The model (untrained) a config.json describes: our run's, a transformers DeiT/ViT's or timm's hub layout's;
+    None for any other."""
+    if "model" in config:
+        return model_from_spec(config["model"])
+    if "model_type" in config:
+        return VisionTransformer(vit_config_from_hf(config))
+    if "architecture" in config:  # timm's hub layout: our ViT at the sizes its model_args give, else timm's
+        vit = vit_config_from_timm(config)
+        if vit is not None:
+            return VisionTransformer(vit)
+        return create_model(timm_layout_name(config), num_classes=config.get("num_classes", 1000))
+    return None
 
 
 def timm_layout_name(config: dict) -> str:

@@ -29,6 +29,7 @@ from .checkpoint import CONFIG_NAME, is_run_dir, load_state_dict, timm_layout_na
 from .hub import describe, local_source
 from .safe_read import read_json
 from .hf_layout import vit_config_from_hf
+from .timm_layout import vit_config_from_timm
 from .models import ViTConfig, VisionTransformer, list_models, model_config, model_family, spelled_vit_name
 
 HEADS = ("head", "head_dist")
@@ -105,7 +106,7 @@ def read_source(source, vit: bool = True) -> Source:
             name = timm_layout_name(saved)
             if model_family(name) != "vit":
                 return Source(label, fmt, state_dict, None, name, None, hub)
-            config = model_config(name, num_classes=saved.get("num_classes", 1000))
+            config = vit_config_from_timm(saved)  # its model_args give sizes no registered name has
     shapes = _shape_arch(state_dict, label)
     if config is not None:
         said = {k: getattr(config, k) for k in shapes}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import re
 
 import torch
@@ -226,3 +227,52 @@ def hf_export(state_dict: dict[str, Tensor], config: ViTConfig, prep: EvalPrepro
         prep = dataclasses.replace(prep, in_chans=3, mean=prep.mean * 3, std=prep.std * 3)
     files = {"config.json": hf_config(config, classes), "preprocessor_config.json": preprocessor_config(prep)}
     return deit_to_hf(state_dict), files
+
+
+def hf_classes(config: dict) -> list[str]:
+    """The class names of an HF config.json, in output order (id2label's keys are the indices, as text)."""
+    id2label = config.get("id2label") or {}
+    return [str(id2label.get(str(i), id2label.get(i, i))) for i in range(len(id2label))]
+
+
+_PIL_RESAMPLE = {3: "bicubic"}  # the only resize our evaluation transform does (deit.data.transforms.eval_transform)
+
+
+def _side(size, *keys) -> int | None:
+    """A size entry of preprocessor_config.json: an int, or a dict giving one side (shortest_edge) or a square."""
+    if isinstance(size, int):
+        return size
+    if isinstance(size, dict):
+        sides = {size[k] for k in keys if k in size}
+        if len(sides) == 1:
+            return sides.pop()
+    return None
+
+
+def preprocessing_from_hf(processor: dict, in_chans: int, source: str) -> EvalPreprocessing:
+    """Our evaluation transform for a preprocessor_config.json (the inverse of preprocessor_config): the shorter side
+    resized, centre crop, x / 255, mean and std. A square "size" ({"height": 256, "width": 256}: DeiTImageProcessor
+    squashes the image to it) is read as the shorter side's length, as DeiT's own evaluation and timm resize."""
+    resample = processor.get("resample", 3)
+    if resample not in _PIL_RESAMPLE:
+        raise ValueError(f"{source}: its preprocessor_config.json resizes with PIL resample {resample}; this "
+                         "evaluation resizes bicubically only (resample 3)")
+    if processor.get("do_rescale", True) and abs(processor.get("rescale_factor", 1 / 255) - 1 / 255) > 1e-9:
+        raise ValueError(f"{source}: its preprocessor_config.json rescales by {processor['rescale_factor']}, "
+                         "not 1/255")
+    resize = _side(processor.get("size"), "shortest_edge", "height", "width") if processor.get("do_resize", True) \
+        else None
+    crop = _side(processor.get("crop_size"), "height", "width") if processor.get("do_center_crop", False) else resize
+    if resize is None or crop is None or crop > resize:
+        raise ValueError(f"{source}: its preprocessor_config.json (size {processor.get('size')}, crop_size "
+                         f"{processor.get('crop_size')}) is no resize of the shorter side followed by a centre crop")
+    crop_ratio = crop / resize
+    if math.floor(crop / crop_ratio) != resize:  # EvalPreprocessing.resize must give `resize` back
+        crop_ratio = math.nextafter(crop_ratio, 0.0)
+    mean, std = (0.0,) * in_chans, (1.0,) * in_chans
+    if processor.get("do_normalize", True):  # the default statistics differ by processor class: none is guessed
+        if "image_mean" not in processor or "image_std" not in processor:
+            raise ValueError(f"{source}: its preprocessor_config.json normalises but gives no image_mean / image_std")
+        mean, std = tuple(processor["image_mean"]), tuple(processor["image_std"])
+    return EvalPreprocessing(img_size=crop, crop_ratio=crop_ratio, in_chans=in_chans, mean=mean, std=std,
+                             streamed=True, interpolation=_PIL_RESAMPLE[resample])

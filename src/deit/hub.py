@@ -55,6 +55,12 @@ class HubWeights:
 
 
 
+def fetch_beside(hub: HubWeights, filename: str) -> Optional[Path]:
+    """Another file of the commit a name resolved to (an HF repo's preprocessor_config.json), through the same cache
+    and offline switch; None when the repo does not have it."""
+    return _fetch(hub.source, hub.repo, hub.commit, filename)
+
+
 def describe(record: dict) -> str:
     """One line for a resolved name's record (HubWeights.record)."""
     return (f"{record['source']} -> {record['repo']}@{record['revision']} (commit {record['commit']}), "

@@ -1,4 +1,5 @@
-"""Classify image files with a trained run, decoding and normalising them exactly as its training data was."""
+"""Classify image files with a trained run (decoding and normalising them exactly as its training data was), an
+exported model directory or a model named on the hub (deit.model_source: decoded as its own record says)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,11 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_run
 from .data import IMAGE_EXTENSIONS, FolderData, ImageData, image_files, make_loader, read_images
-from .data.preprocessing import eval_preprocessing, run_classes
 from .engine.evaluate import predict
 from .engine.precision import resolve_precision
 from .engine.runtime import resolve_device
+from .model_source import ModelSource, load_model_source
 
 
 @dataclass
@@ -41,18 +41,19 @@ def gather_image_files(paths) -> list[Path]:
     return files
 
 
-def classify_files(run_dir, paths, *, weights: str = "model", top_k: int = 5, batch_size: int = 256,
+def classify_files(source, paths, *, weights: str = "model", top_k: int = 5, batch_size: int = 256,
                    device: str = "auto", precision: str = "auto", num_workers: int | None = None) -> list[Prediction]:
-    """The run's prediction for each image file (folders: every image under them), with class names. A run trained
-    on a streamed folder sees each file through its eval transform (decoded in num_workers processes, None: the
-    default); an in-memory run's files are decoded as its data was."""
+    """The prediction of a model for each image file (folders: every image under them), with class names. source: a
+    loaded ModelSource, or what deit.model_source takes (a run directory, an exported hf/timm directory, a hub name).
+    A streamed folder's run and an exported or hub model see each file through their eval transform (decoded in
+    num_workers processes, None: the default); an in-memory run's files are decoded as its data was."""
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
+    loaded = source if isinstance(source, ModelSource) else load_model_source(source, weights)  # before any file
     files = gather_image_files(paths)
-    model, saved = load_run(run_dir, weights)
-    prep, classes = eval_preprocessing(saved, str(run_dir)), run_classes(saved)
+    model, prep, classes = loaded.model, loaded.preprocessing, loaded.classes
     grayscale = prep.in_chans == 1
-    if prep.streamed:  # a streamed folder's run: its eval transform (resize to img_size / eval_crop_ratio, crop)
+    if prep.streamed:  # its eval transform (resize to img_size / crop_ratio, centre crop)
         data = FolderData.from_files(files, classes, grayscale, prep.img_size, prep.crop_ratio, prep.mean, prep.std,
                                      prep.fast_decode)
     else:  # an in-memory run: decoded as its data was (shorter side to img_size, centre crop)

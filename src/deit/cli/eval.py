@@ -1,14 +1,17 @@
 from __future__ import annotations
 
 import json
+import sys
 
 
 def register(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a run directory on its validation data")
-    p.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a run directory of `deit train`")
-    p.add_argument("--data", default=None, help="data set (default: the run's)")
+    p = sub.add_parser("eval", help="evaluate a run directory (or a hub model) on validation data")
+    p.add_argument("--checkpoint", required=True, metavar="MODEL", help="a run directory of `deit train`, a directory "
+                   "of `deit convert --layout hf|timm`, or a hub name: hf-hub:ORG/NAME[@REVISION], timm:NAME[.TAG]")
+    p.add_argument("--data", default=None, help="data set (default: the run's; needed for any other model, whose "
+                   "classes must be the data's)")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--weights", default="model", choices=["model", "best", "ema"])
+    p.add_argument("--weights", default="model", choices=["model", "best", "ema"], help="a run directory's weights")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
@@ -21,10 +24,15 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from deit.engine import evaluate_run
+    from deit.hub import describe
+    from deit.model_source import load_model_source
 
-    metrics = evaluate_run(args.checkpoint, data=args.data, data_dir=args.data_dir, weights=args.weights,
+    source = load_model_source(args.checkpoint, args.weights)  # a bad name is one line before any data is read
+    metrics = evaluate_run(source, data=args.data, data_dir=args.data_dir, weights=args.weights,
                            batch_size=args.batch_size, device=args.device, precision=args.precision,
                            teacher=args.teacher, teacher_weights=args.teacher_weights, progress=not args.json)
+    if source.hub is not None:  # what the name resolved to, once it worked (on stderr: stdout is the metrics)
+        print(f"model: {describe(source.hub)}", file=sys.stderr)
     if args.json:
         print(json.dumps(metrics))
     else:

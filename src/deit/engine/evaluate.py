@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -112,29 +111,40 @@ def evaluate(model, loader, device, amp_dtype, teacher_logits: torch.Tensor | No
     return metrics_from_predictions(pred)
 
 
-def evaluate_run(run_dir: str | Path, *, data: str | None = None, data_dir: str | None = None,
+def evaluate_run(source, *, data: str | None = None, data_dir: str | None = None,
                  weights: str = "model", batch_size: int = 512, device: str = "auto", precision: str = "auto",
                  teacher: str | None = None, teacher_weights: str | None = None,
                  progress: bool = False, num_workers: int | None = None) -> dict[str, Any]:
-    """Evaluate a run directory's weights (model | best | ema) on the val split of its data set (or `data`),
-    with the run's own preprocessing (a streamed folder: its eval transform, decoded in num_workers processes,
-    None: the default). With `teacher`, also the teacher and the disagreement rates."""
-    from ..checkpoint import load_run
+    """Evaluate a model on a val split. source: a loaded deit.model_source.ModelSource or what it takes. A run
+    directory's weights (model | best | ema) on the val split of its data set (or `data`), with the run's own
+    preprocessing (a streamed folder: its eval transform, decoded in num_workers processes, None: the default); an
+    exported directory or a hub model on `data`, through its own evaluation transform, where its classes are the
+    data's (the same names, in any order). With `teacher`, also the teacher and the disagreement rates."""
     from ..data import load_split, make_loader
+    from ..model_source import ModelSource, load_model_source
     from ..teacher import load_teacher
 
-    model, saved = load_run(run_dir, weights)
-    train_config = TrainConfig.from_dict(saved["train"]) if "train" in saved else None
-    if data is None and train_config is None:
-        raise ValueError(f"{run_dir} does not say which data it was trained on; pass --data")
-    eval_config = train_config or TrainConfig()
-    eval_config = eval_config.replace(data=data or eval_config.data,
-                                      data_dir=data_dir if data_dir is not None or data else eval_config.data_dir,
-                                      train_subset=None)
+    loaded = source if isinstance(source, ModelSource) else load_model_source(source, weights)
+    model, saved, prep = loaded.model, loaded.run_config, loaded.preprocessing
+    if saved is not None:  # a run of ours
+        train_config = TrainConfig.from_dict(saved["train"]) if "train" in saved else None
+        if data is None and train_config is None:
+            raise ValueError(f"{loaded.source} does not say which data it was trained on; pass --data")
+        eval_config = train_config or TrainConfig()
+        eval_config = eval_config.replace(data=data or eval_config.data,
+                                          data_dir=data_dir if data_dir is not None or data else eval_config.data_dir,
+                                          train_subset=None)
+        stats = saved.get("preprocessing")  # normalise as the model was trained, whatever the data set's statistics
+    else:
+        if data is None:
+            raise ValueError(f"{loaded.source} is no run of `deit train`: pass --data (a data set with its classes)")
+        eval_config = TrainConfig(data=data, data_dir=data_dir, img_size=prep.img_size,
+                                  eval_crop_ratio=prep.crop_ratio, exact_decode=not prep.fast_decode)
+        stats = {"mean": prep.mean, "std": prep.std}
     val_data = load_split(eval_config, "val")
-    prep = saved.get("preprocessing")
-    if prep:  # normalise as the model was trained, whatever the data set's own statistics
-        val_data = dataclasses.replace(val_data, mean=tuple(prep["mean"]), std=tuple(prep["std"]))
+    order = None if saved is not None else _class_order(loaded, val_data)
+    if stats:
+        val_data = dataclasses.replace(val_data, mean=tuple(stats["mean"]), std=tuple(stats["std"]))
     torch_device = resolve_device(device)
     amp_dtype = resolve_precision(precision, torch_device)
     model = model.to(torch_device)
@@ -144,7 +154,27 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, data_dir: str 
         teacher_model, _ = load_teacher(teacher, teacher_weights, num_classes=val_data.num_classes,
                                         in_chans=val_data.in_chans, img_size=val_data.img_size)
         teacher_logits = predict(teacher_model.to(torch_device), loader, torch_device, amp_dtype)["logits"]
-    metrics = evaluate(model, loader, torch_device, amp_dtype, teacher_logits, progress)
-    metrics.update({"run": str(run_dir), "weights": weights, "data": eval_config.data,
+    pred = predict(inference_view(model, amp_dtype), loader, torch_device, amp_dtype, progress)
+    if order is not None:  # the model's outputs in the data's class order
+        pred = {k: v if k == "targets" else v[:, order] for k, v in pred.items()}
+    if teacher_logits is not None:
+        pred["teacher"] = teacher_logits
+    metrics = metrics_from_predictions(pred)
+    metrics.update({"run": loaded.source, "weights": weights, "data": eval_config.data,
                     "precision": precision_name(amp_dtype)})
     return metrics
+
+
+def _class_order(loaded, data) -> list[int] | None:
+    """Where each of the data's classes is among a model's outputs (None: the same order); one line when the model's
+    classes are not the data's, or its input channels are not."""
+    if data.in_chans != loaded.preprocessing.in_chans:
+        raise ValueError(f"{loaded.source} takes {loaded.preprocessing.in_chans}-channel images but {data.name} has "
+                         f"{data.in_chans}-channel ones")
+    ours, theirs = list(loaded.classes), list(data.classes)
+    if sorted(ours) != sorted(theirs) or len(set(ours)) != len(ours):
+        differ = sorted(set(ours) ^ set(theirs))
+        raise ValueError(f"{loaded.source} predicts {len(ours)} classes and {data.name} has {len(theirs)}, not the "
+                         f"same names ({', '.join(differ[:4])}{', ...' if len(differ) > 4 else ''} in one only): "
+                         "its predictions cannot be scored on this data")
+    return None if ours == theirs else [ours.index(name) for name in theirs]
