@@ -225,6 +225,10 @@ class FolderData:
         listing = self.listing
         return EncodedImage(Path(listing.files[index]), listing.grayscale), int(listing.labels[index])
 
+    def source(self, index: int) -> str:
+        """Where sample `index` is read from: its file."""
+        return str(self.listing.files[index])
+
     def subset(self, indices) -> "FolderData":
         indices = np.asarray(torch.as_tensor(indices, dtype=torch.long))
         listing = replace(self.listing, files=self.listing.files.take(indices), labels=self.listing.labels[indices],

@@ -260,6 +260,11 @@ class ShardData(FolderData):
             raise ValueError(f"{name} is not a readable image ({e.__cause__ or e})") from e
         return img, int(ix.label[index])
 
+    def source(self, index: int) -> str:
+        """Where sample `index` is read from: "<shard>@<byte offset of its image's data>"."""
+        ix = self.listing.index
+        return f"{ix.shards[int(ix.shard[index])]}@{int(ix.offset[index])}"
+
     def subset(self, indices) -> "ShardData":
         """The samples at `indices`, kept in storage order (sorted, each once), so the loader still reads shards
         front to back."""
