@@ -38,6 +38,7 @@ def breakdown(files, size: int, batch: int = 64) -> dict:
     from deit.data.augment import erase_box, erase_rectangles_
     from deit.data.folder import EncodedImage
     from deit.data.listing import IMAGENET_MEAN, IMAGENET_STD
+    from deit.data.stream import _collate
     from deit.data.transforms import DecodeRandomResizedCrop, ToUint8Tensor
 
     rrc, flip, randaug, to_tensor, normalize, erasing = _timm_steps(size)
@@ -62,7 +63,7 @@ def breakdown(files, size: int, batch: int = 64) -> dict:
                 img = clock(who, "RandomResizedCrop + resize", rrc, img)
             else:
                 enc = clock(who, "header", EncodedImage, io.BytesIO(data), False)
-                box, need = clock(who, "header", ours_rrc.plan, enc.header)
+                box, need = clock(who, "header", ours_rrc.plan, enc)
                 img, box = clock(who, "JPEG decode", enc.decode, need, box, True)
                 img = clock(who, "RandomResizedCrop + resize", ours_rrc.crop_resize, img, box)
             img = clock(who, "flip", flip, img)
@@ -78,7 +79,7 @@ def breakdown(files, size: int, batch: int = 64) -> dict:
                 outs[who].append((x, e))
         if len(outs["timm"]) == batch or n == len(files) - 1:
             clock("timm", "collate", torch.utils.data.default_collate, outs["timm"])
-            xs, es = clock("ours", "collate", lambda: [torch.utils.data.default_collate(v) for v in zip(*outs["ours"])])
+            xs, _, es = clock("ours", "collate", _collate, [(x, 0, e) for x, e in outs["ours"]])
             x = clock("ours", "normalize", lambda: xs.float().div_(255).sub_(mean).div_(std))  # batch stage
             clock("ours", "random erasing", erase_rectangles_, x, es)
             outs = {"timm": [], "ours": []}

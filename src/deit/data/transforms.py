@@ -43,17 +43,19 @@ class DecodeRandomResizedCrop:
         self.hflip = hflip  # torchvision's RandomHorizontalFlip(hflip) folded in: its torch.rand draw, after the box's
 
     def __call__(self, img):
-        box, at_least = self.plan(img.header if isinstance(img, EncodedImage) else img)
+        box, at_least = self.plan(img)
         flip = self.hflip > 0 and bool(torch.rand(1) < self.hflip)
         return self.crop_resize(*_decoded(img, at_least, box, array=self.fast), flip=flip)
 
     def plan(self, header):
-        """The crop box (left, top, right, bottom) by timm's get_params on the header's size, and the whole image's
-        size at which the box would be `size` (what the decoder must cover; None: decode in full)."""
+        """The crop box (left, top, right, bottom) by timm's get_params on the size of `header` (an EncodedImage or a
+        PIL image), and the whole image's size at which the box would be `size` (what the decoder must cover; None:
+        decode in full)."""
         from timm.data.transforms import RandomResizedCropAndInterpolation
 
-        top, left, h, w = RandomResizedCropAndInterpolation.get_params(header, self.scale, self.ratio)
         width, height = header.size
+        size_only = torch.empty(1, dtype=torch.uint8).expand(height, width)  # get_params reads only the size
+        top, left, h, w = RandomResizedCropAndInterpolation.get_params(size_only, self.scale, self.ratio)
         at_least = (math.ceil(width * self.size[0] / w), math.ceil(height * self.size[1] / h)) if self.fast else None
         return (left, top, left + w, top + h), at_least
 
@@ -109,15 +111,12 @@ class DecodeResizeCenterCrop:
 
 class ToUint8Tensor:
     """A PIL image ("L" or "RGB") as uint8 [C, H, W] (torchvision's PILToTensor): what a worker hands to the batch,
-    a quarter of the bytes of a float image; normalising runs once per batch."""
+    a quarter of the bytes of a float image; normalising runs once per batch. PIL splits the channels (in C) and each
+    plane is copied out contiguous: the same values as transposing PIL's [H, W, C] array, in 0.08 ms an image
+    against 0.12 (224 px, docs/performance.md)."""
 
     def __call__(self, img) -> torch.Tensor:
-        pixels = np.asarray(img)
-        pixels = pixels.reshape(pixels.shape[0], pixels.shape[1], -1)  # L: [H, W] -> [H, W, 1]
-        return torch.from_numpy(pixels.transpose(2, 0, 1).copy())  # PIL arrays are read-only
-
-    def __repr__(self) -> str:
-        return "ToUint8Tensor()"
+        return torch.from_numpy(np.stack([np.asarray(band) for band in img.split()]))
 
 
 class ResizeCenterCrop:
