@@ -85,11 +85,19 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cuda")
     args = p.parse_args(argv)
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():  # before any work: one line, not a traceback
+        raise SystemExit("gpu_loader_bench: no CUDA device here (torch.cuda.is_available() is False); run it on a "
+                         "GPU machine, or check it on a CPU with --device cpu (see the smoke test in the header)")
+    try:  # a wrong folder: one line before the model is built
+        load_data(args.data, "train", img_size=224)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"gpu_loader_bench: {e}") from None
     model = timm.create_model(args.model, num_classes=1000).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     results = {}
-    for workers in args.workers:
-        for name, make in (("ours", ours), ("timm", timm_loader)):
+    for i, workers in enumerate(args.workers):
+        order = (("ours", ours), ("timm", timm_loader))
+        for name, make in order if i % 2 == 0 else order[::-1]:  # alternate who goes first
             batches = make(args.data, args.batch_size, workers, device)
             rate = args.batch_size * steps_per_second(batches, model, optimizer, args.warmup, args.steps, device)
             batches.close()

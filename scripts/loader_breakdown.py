@@ -2,7 +2,7 @@
 files with the same per-sample seeds, in one process on one thread (time.process_time); and the PSNR of our
 reduced-scale decode against a full decode with the same crop. Numbers for docs/performance.md.
 
-    PYTHONPATH=src python scripts/loader_breakdown.py /tmp/photos_in --files 200 [--psnr]
+    PYTHONPATH=src python scripts/loader_breakdown.py /tmp/photos_in --files 200 [--psnr | --ops]
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def breakdown(files, size: int, batch: int = 64) -> dict:
     from deit.data.augment import erase_box, erase_rectangles_
     from deit.data.folder import EncodedImage
     from deit.data.listing import IMAGENET_MEAN, IMAGENET_STD
+    from deit.data.stream import _collate
     from deit.data.transforms import DecodeRandomResizedCrop, ToUint8Tensor
 
     rrc, flip, randaug, to_tensor, normalize, erasing = _timm_steps(size)
@@ -62,7 +63,7 @@ def breakdown(files, size: int, batch: int = 64) -> dict:
                 img = clock(who, "RandomResizedCrop + resize", rrc, img)
             else:
                 enc = clock(who, "header", EncodedImage, io.BytesIO(data), False)
-                box, need = clock(who, "header", ours_rrc.plan, enc.header)
+                box, need = clock(who, "header", ours_rrc.plan, enc)
                 img, box = clock(who, "JPEG decode", enc.decode, need, box, True)
                 img = clock(who, "RandomResizedCrop + resize", ours_rrc.crop_resize, img, box)
             img = clock(who, "flip", flip, img)
@@ -78,7 +79,7 @@ def breakdown(files, size: int, batch: int = 64) -> dict:
                 outs[who].append((x, e))
         if len(outs["timm"]) == batch or n == len(files) - 1:
             clock("timm", "collate", torch.utils.data.default_collate, outs["timm"])
-            xs, es = clock("ours", "collate", lambda: [torch.utils.data.default_collate(v) for v in zip(*outs["ours"])])
+            xs, _, es = clock("ours", "collate", _collate, [(x, 0, e) for x, e in outs["ours"]])
             x = clock("ours", "normalize", lambda: xs.float().div_(255).sub_(mean).div_(std))  # batch stage
             clock("ours", "random erasing", erase_rectangles_, x, es)
             outs = {"timm": [], "ours": []}
@@ -117,15 +118,48 @@ def psnr(files, size: int, seeds: int = 3) -> dict:
     return out
 
 
+def randaugment_ops(files, size: int, repeats: int = 3) -> dict:
+    """ms per call of each RandAugment op applied alone (probability forced to 1) to the files resized to size, and of
+    the whole transform (2 ops, each with probability 0.5): which op the time goes to."""
+    from PIL import Image
+
+    from deit.bench_data import RECIPE
+    from deit.data.augment import build_randaugment
+    from deit.data.listing import IMAGENET_MEAN
+
+    transform = build_randaugment(RECIPE["auto_augment"], (size, size), IMAGENET_MEAN)
+    images = [Image.open(f).convert("RGB").resize((size, size), Image.BICUBIC) for f in files]
+    out = defaultdict(float)
+    for r in range(repeats):
+        for op in transform.ops:
+            prob, op.prob = op.prob, 1.0
+            random.seed(r)
+            start = time.process_time()
+            for img in images:
+                op(img)
+            out[op.name] += time.process_time() - start
+            op.prob = prob
+        start = time.process_time()
+        for img in images:
+            transform(img)
+        out["whole transform"] += time.process_time() - start
+    return {k: 1e3 * v / (repeats * len(images)) for k, v in out.items()}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("folder")
     p.add_argument("--files", type=int, default=200)
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--psnr", action="store_true")
+    p.add_argument("--ops", action="store_true", help="ms per call of each RandAugment op instead")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     files = sorted(glob.glob(f"{args.folder}/train/*/*.jpg"))[:args.files]
+    if args.ops:
+        for name, ms in randaugment_ops(files, args.img_size).items():
+            print(f"{name:22s} {ms:.3f} ms")
+        return
     if args.psnr:
         for name, r in psnr(files, args.img_size).items():
             print(f"{name}: fast differs from exact in {100 * r['reduced_share']:.0f} % of samples; PSNR vs exact "

@@ -166,8 +166,10 @@ def run_loader_bench(cfg: LoaderBenchConfig, log=print) -> dict:
     made = {name: builders[name]() for name in cfg.candidates}
     timed = cfg.batches or 4 * cfg.workers
     images = next(iter(made.values()))[1]
-    if images < cfg.batch_size * (cfg.workers + timed):
-        raise ValueError(f"{cfg.data}: {images} train images are too few for {cfg.workers + timed} batches of "
+    # one batch more than are read: timm's prefetcher reads a batch ahead, and an epoch read to its end stops the
+    # workers before their CPU time is read
+    if images < cfg.batch_size * (cfg.workers + timed + 1):
+        raise ValueError(f"{cfg.data}: {images} train images are too few for {cfg.workers + timed + 1} batches of "
                          f"{cfg.batch_size}; use a smaller --batch-size or --batches")
     rates: dict[str, list[float]] = {name: [] for name in made}
     pss: dict[str, list[int]] = {name: [] for name in made}

@@ -5,7 +5,8 @@ One job per module: seeding (derived seeds), imagedata (the in-memory split), bu
 (listing and checking an image folder), folder (decoding images, EncodedImage: decode only what a crop needs; a folder
 in memory or streamed), datasets (names -> splits), subsets, augment (batch-wise), transforms (per-sample, timm's, up
 to the uint8 crop), sampler, loader (in memory; make_loader), stream (a streamed folder's loader; normalise and erase
-per batch), shards and shard_writer (WebDataset tar shards: read, packed)."""
+per batch), shards and shard_writer (WebDataset tar shards: read, packed), sample_log (DEIT_LOG_SAMPLES: the samples
+each rank trained on)."""
 
 from .augment import (AugmentConfig, apply_separable, augment_config, build_randaugment, crop_resize_matrices,
                       erase_box, erase_rectangles_, pad_random_crop, randaugment_batch, random_erase_,

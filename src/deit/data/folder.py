@@ -96,15 +96,36 @@ def _simplejpeg():
 class EncodedImage:
     """An image file opened but not decoded: its size from the header, so a crop can be chosen first and the file
     decoded only as finely as that crop needs (decode(at_least=...)). Any source PIL opens: a path, or a binary
-    file object (a tar member of a shard)."""
+    file object (a tar member of a shard).
+
+    With simplejpeg installed, a colour JPEG is read once into memory and its header parsed by libjpeg-turbo (a few
+    microseconds; Pillow's header parse in Python took 0.15 ms an image, docs/performance.md); Pillow opens it only
+    when it decodes it (at reduced scale) and opens every other file."""
 
     def __init__(self, source, grayscale: bool, name: str | None = None):
         self.source, self.name, self.grayscale = source, name or str(source), grayscale
-        self.header = _open_image(source)
+        self.data, self._header, self.jpeg = None, None, False  # jpeg: simplejpeg read the header of an RGB JPEG
+        simplejpeg = None if grayscale else _simplejpeg()
+        if simplejpeg is not None:
+            self.data = _read_all(source)
+            self.size = _rgb_jpeg_size(simplejpeg, self.data)
+            self.jpeg = self.size is not None
+        if not self.jpeg:
+            self.size = self.header.size
 
     @property
-    def size(self) -> tuple[int, int]:
-        return self.header.size
+    def header(self):
+        """The PIL image opened on the source (not decoded); opened on first use."""
+        if self._header is None:
+            import io
+
+            from PIL import Image, UnidentifiedImageError
+
+            try:
+                self._header = Image.open(io.BytesIO(self.data) if self.data is not None else self.source)
+            except (UnidentifiedImageError, OSError) as e:
+                raise ValueError(f"{self.name}: not a readable image ({e})") from e
+        return self._header
 
     def decode(self, at_least: tuple[int, int] | None = None, box: tuple[int, int, int, int] | None = None,
                array: bool = False):
@@ -117,14 +138,13 @@ class EncodedImage:
         simplejpeg when installed (the same pixels as Pillow's, measured faster: docs/performance.md) and only the
         box is copied out (box comes back as the whole returned image); other formats decode in full with Pillow.
         array=True: that simplejpeg crop comes back as the uint8 [H, W, 3] array itself (no copy into PIL)."""
-        img = self.header
-        box = box or (0, 0, *img.size)
+        box = box or (0, 0, *self.size)
         try:
+            if self.jpeg and _jpeg_scale(self.size, at_least) == 1:
+                return self._decode_simplejpeg(box, array)
+            img = self.header
             with img:
                 scale = _jpeg_scale(img.size, at_least) if img.format == "JPEG" else 1
-                simplejpeg = _simplejpeg() if img.format == "JPEG" and img.mode == "RGB" else None
-                if scale == 1 and simplejpeg is not None and not self.grayscale:
-                    return self._decode_simplejpeg(simplejpeg, box, array)
                 if scale > 1 and img.draft(img.mode, (img.size[0] // scale, img.size[1] // scale)) is None:
                     scale = 1  # a JPEG draft does not apply to (several tiles): decoded in full
                 img.load()
@@ -134,19 +154,36 @@ class EncodedImage:
         except (OSError, RuntimeError, SyntaxError) as e:
             raise ValueError(f"{self.name}: cannot decode ({e}); remove or replace the file") from e
 
-    def _decode_simplejpeg(self, simplejpeg, box, array: bool):
+    def _decode_simplejpeg(self, box, array: bool):
         from PIL import Image
 
-        if hasattr(self.source, "seek"):
-            self.source.seek(0)
-            data = self.source.read()
-        else:
-            with open(self.source, "rb") as f:
-                data = f.read()
         left, top, right, bottom = box
-        pixels = simplejpeg.decode_jpeg(data, "RGB")[top:bottom, left:right]
+        try:
+            pixels = _simplejpeg().decode_jpeg(self.data, "RGB")[top:bottom, left:right]
+        except ValueError as e:  # libjpeg-turbo's error (a truncated or corrupt file)
+            raise ValueError(f"{self.name}: cannot decode ({e}); remove or replace the file") from e
         crop = pixels if array else Image.fromarray(np.ascontiguousarray(pixels))
         return crop, (0, 0, right - left, bottom - top)
+
+
+def _read_all(source) -> bytes:
+    if hasattr(source, "read"):
+        source.seek(0)
+        return source.read()
+    with open(source, "rb") as f:
+        return f.read()
+
+
+def _rgb_jpeg_size(simplejpeg, data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a 3-component (YCbCr or RGB: Pillow's mode "RGB") JPEG from its header, else None (not a
+    JPEG, CMYK, grayscale, or a header libjpeg-turbo rejects: Pillow opens it and says what is wrong)."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    return (width, height) if colorspace in ("YCbCr", "RGB") else None
 
 
 def decode_image(path: str, grayscale: bool):
@@ -224,6 +261,10 @@ class FolderData:
         their crop needs) and its label."""
         listing = self.listing
         return EncodedImage(Path(listing.files[index]), listing.grayscale), int(listing.labels[index])
+
+    def source(self, index: int) -> str:
+        """Where sample `index` is read from: its file."""
+        return str(self.listing.files[index])
 
     def subset(self, indices) -> "FolderData":
         indices = np.asarray(torch.as_tensor(indices, dtype=torch.long))

@@ -256,9 +256,14 @@ class ShardData(FolderData):
         name = f"{ix.shards[int(ix.shard[index])]} (sample at byte {ix.offset[index]})"
         try:
             img = EncodedImage(io.BytesIO(self.read_bytes(index)), self.listing.grayscale, name=name)
-        except ValueError as e:  # _open_image names the BytesIO; name the shard and offset instead
+        except ValueError as e:  # one line naming the shard and offset
             raise ValueError(f"{name} is not a readable image ({e.__cause__ or e})") from e
         return img, int(ix.label[index])
+
+    def source(self, index: int) -> str:
+        """Where sample `index` is read from: "<shard>@<byte offset of its image's data>"."""
+        ix = self.listing.index
+        return f"{ix.shards[int(ix.shard[index])]}@{int(ix.offset[index])}"
 
     def subset(self, indices) -> "ShardData":
         """The samples at `indices`, kept in storage order (sorted, each once), so the loader still reads shards

@@ -21,6 +21,7 @@ import torch
 from .augment import AugmentConfig, erase_box, erase_rectangles_
 from .epochs import EpochLoader, init_worker
 from .folder import FolderData
+from .sample_log import sample_log
 from .sampler import RepeatAugSampler, ShardSampler
 from .seeding import derive_seed, seeded_rngs
 from .shards import ShardData, eval_range
@@ -135,6 +136,7 @@ class StreamLoader(EpochLoader):
         self.std = torch.tensor(data.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.num_workers = num_workers = default_num_workers(data) if num_workers is None else num_workers
         self._worker_order = _BatchKeys(self)
+        self._sample_log = sample_log(data.split, rank) if train else None  # DEIT_LOG_SAMPLES (data.sample_log)
         self._worker_loader = None
         if num_workers > 0:
             self._worker_loader = torch.utils.data.DataLoader(
@@ -152,6 +154,17 @@ class StreamLoader(EpochLoader):
             self._epoch_indices = (epoch, self.sampler.indices(epoch).tolist())
         indices = self._epoch_indices[1]
         return [(epoch, self.rank + j * self.world_size, indices[j]) for j in local]
+
+    def iterate(self, start_batch: int = 0):
+        batches = super().iterate(start_batch)
+        return batches if self._sample_log is None else self._logged(batches, start_batch)
+
+    def _logged(self, batches, start_batch: int):
+        """Each batch recorded in the sample log as it is handed over (its labels: those the workers read)."""
+        for k, (images, labels) in enumerate(batches, start_batch):
+            sources = [self.data.source(index) for _, _, index in self.batch_keys(self.epoch, k)]
+            self._sample_log.write(self.epoch, k, sources, labels.tolist())
+            yield images, labels
 
     def _num_indices(self) -> int:
         return len(self.sampler) if self.sampler is not None else len(self.eval_indices)

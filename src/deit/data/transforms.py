@@ -43,17 +43,19 @@ class DecodeRandomResizedCrop:
         self.hflip = hflip  # torchvision's RandomHorizontalFlip(hflip) folded in: its torch.rand draw, after the box's
 
     def __call__(self, img):
-        box, at_least = self.plan(img.header if isinstance(img, EncodedImage) else img)
+        box, at_least = self.plan(img)
         flip = self.hflip > 0 and bool(torch.rand(1) < self.hflip)
         return self.crop_resize(*_decoded(img, at_least, box, array=self.fast), flip=flip)
 
     def plan(self, header):
-        """The crop box (left, top, right, bottom) by timm's get_params on the header's size, and the whole image's
-        size at which the box would be `size` (what the decoder must cover; None: decode in full)."""
+        """The crop box (left, top, right, bottom) by timm's get_params on the size of `header` (an EncodedImage or a
+        PIL image), and the whole image's size at which the box would be `size` (what the decoder must cover; None:
+        decode in full)."""
         from timm.data.transforms import RandomResizedCropAndInterpolation
 
-        top, left, h, w = RandomResizedCropAndInterpolation.get_params(header, self.scale, self.ratio)
         width, height = header.size
+        size_only = torch.empty(1, dtype=torch.uint8).expand(height, width)  # get_params reads only the size
+        top, left, h, w = RandomResizedCropAndInterpolation.get_params(size_only, self.scale, self.ratio)
         at_least = (math.ceil(width * self.size[0] / w), math.ceil(height * self.size[1] / h)) if self.fast else None
         return (left, top, left + w, top + h), at_least
 
