@@ -7,7 +7,7 @@ import timm
 import torch
 
 from deit import DeiTOutput, VisionTransformer, count_parameters, create_model, list_models
-from deit.models.vit import COMBINE_RULES, DropPath, ViTConfig
+from deit.models.vit import COMBINE_RULES, DropPath, ViTConfig, attention
 
 # DEIT_FACTS.md §2: exact parameter counts.
 OFFICIAL_PARAMS = {
@@ -156,6 +156,21 @@ def test_drop_path_drops_whole_samples_in_training_only():
     assert 400 < (per_sample[:, 0] == 0).sum() < 600
     x = torch.randn(3, 4)
     assert torch.equal(layer.eval()(x), x)
+
+
+@pytest.mark.parametrize("tokens", [27, 80])  # fewer tokens than the head's width (scores scaled), and more (q scaled)
+def test_training_attention_equals_sdpa(tokens):
+    """The matmul form a CPU training step takes gives SDPA's output and gradients."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, tokens, 64, generator=gen, requires_grad=True) for _ in range(3))
+    grad = torch.randn(2, 3, tokens, 64, generator=gen)
+    ours = attention(q, k, v)
+    ours_grads = torch.autograd.grad(ours, (q, k, v), grad)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), grad)
+    torch.testing.assert_close(ours, ref)
+    for a, b in zip(ours_grads, ref_grads):
+        torch.testing.assert_close(a, b)
 
 
 def test_initialisation_statistics():

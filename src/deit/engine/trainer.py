@@ -453,7 +453,8 @@ class Trainer:
                 t1 = time.perf_counter()
                 loss = self.train_step(x, y, epoch, batch_index)
                 t2 = time.perf_counter()
-                sums["loss"] += loss.total.item()
+                total = loss.total.item()  # read once: the sums and the reporter share it
+                sums["loss"] += total
                 sums["base"] += loss.base.item()
                 sums["distill"] += loss.distill.item() if loss.distill is not None else 0.0
                 sums["n"] += 1
@@ -465,7 +466,7 @@ class Trainer:
                     self.step_times.append(t2 - t0)
                     if self.step >= calibration_steps(self.warmup_steps, self.steps_per_epoch):
                         self.calibrate()
-                self.reporter.step(self.step, loss.total.item(), self.lr(self.step - 1), len(x) * self.rt.world_size,
+                self.reporter.step(self.step, total, self.lr(self.step - 1), len(x) * self.rt.world_size,
                                    t2 - t0)
                 bar.update(1)
                 bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.3f}", lr=f"{self.lr(self.step - 1):.2e}",
