@@ -3,8 +3,10 @@ JPEGs and reading it back (bytes, labels, classes, shard sizes, webdataset's own
 workers (every image once), evaluation over ranks (every image once), determinism and mid-epoch resume, and a short
 training run from the shards against the same run from the folder they were packed from."""
 
+import gc
 import hashlib
 import json
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +104,24 @@ def test_an_epoch_over_2_ranks_and_2_workers_sees_every_image_once(packed):
         assert sorted(seen) == list(range(len(data)))
         orders.append(seen)
     assert orders[0] != orders[1]  # a new shard order and buffer each epoch
+
+
+def test_a_dropped_loader_ends_its_workers_at_once(packed):
+    """Freed by reference counting, not left to the garbage collector (which clears the index queues' finalizers
+    before the DataLoader's, so persistent workers never got their stop message: 20 s of join timeouts a loader)."""
+    _, out = packed
+    data = load_data(f"wds:{out}", "train", img_size=24)
+    StreamLoader(data, 6, train=True, augment=None)  # imports done: a first import may keep a frame (the caller's)
+    gc.collect()
+    gc.disable()
+    try:
+        loader = StreamLoader(data, 6, train=True, augment=None, seed=3, num_workers=2)
+        assert len([y for _, y in loader.iterate(0)]) == 20
+        workers, freed = loader._worker_loader._iterator._workers, weakref.ref(loader)
+        del loader
+        assert freed() is None and not any(w.is_alive() for w in workers)
+    finally:
+        gc.enable()
 
 
 def test_sampler_semantics():

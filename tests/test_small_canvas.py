@@ -245,9 +245,9 @@ def test_merge_takes_the_runs_recorded_elsewhere_that_this_study_lacks(tmp_path,
 
 
 def test_small_canvas_study_end_to_end_at_toy_scale(tmp_path, fmnist_dir, capsys, small_val):
-    """Every row trained (200 images, 2 epochs), the teacher of matched accuracy picked from the convnet's kept
+    """Every row trained (100 images, 2 epochs of 2 steps), the teacher of matched accuracy picked from the convnet's kept
     checkpoints, Tables 2-4, the token cosine and the targets written; a second call trains nothing."""
-    toy = dict(data_dir=fmnist_dir, train_subset=200, epochs=2, batch_size=50, warmup_epochs=0.1,
+    toy = dict(data_dir=fmnist_dir, train_subset=100, epochs=2, batch_size=50, warmup_epochs=0.1,
                progress=False, threads=2, precision="fp32")
     out, runs = tmp_path / "results", tmp_path / "runs"
     study = STUDIES[STUDY]
