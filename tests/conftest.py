@@ -47,3 +47,15 @@ def small_val(monkeypatch):
     full_split = deit.data.load_split
     monkeypatch.setattr(deit.data, "load_split", lambda config, split, **kw: (
         full_split(config, split, **kw) if split == "train" else full_split(config, split, **kw).subset(range(500))))
+
+
+def use_offline_hub_cache(monkeypatch, cache: Path) -> Path:
+    """This process sees `cache` as the Hugging Face cache, offline (huggingface_hub reads its environment once, at
+    import: its constants are set too)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache

@@ -17,7 +17,7 @@ import torch
 
 from deit.cli import main as cli_main
 
-from conftest import perturb_
+from conftest import perturb_, use_offline_hub_cache
 
 transformers = pytest.importorskip("transformers")
 
@@ -93,15 +93,8 @@ def hub(tmp_path_factory):
 
 @pytest.fixture
 def offline(hub, monkeypatch):
-    """This process sees the test cache, offline (huggingface_hub reads its environment once, at import)."""
-    from huggingface_hub import constants
-
-    cache = hub[0]
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    return cache
+    """This process sees the test cache, offline."""
+    return use_offline_hub_cache(monkeypatch, hub[0])
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from deit.checkpoint import convert_checkpoint
 from deit.cli import main as cli_main
 from deit.models import create_model
 
-from conftest import make_run_dir, perturb_
+from conftest import make_run_dir, perturb_, use_offline_hub_cache
 from test_hub import put_in_cache
 
 timm = pytest.importorskip("timm")
@@ -71,16 +71,9 @@ def offline(setup, monkeypatch):
     """This process sees the test cache, offline (huggingface_hub reads its environment once, at import); files are
     decoded in this process (starting a worker process costs seconds, for 9 tiny images)."""
     import deit.data.loader
-    from huggingface_hub import constants
 
     monkeypatch.setattr(deit.data.loader, "default_num_workers", lambda data: 0)
-
-    cache = setup[2]
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    return cache
+    return use_offline_hub_cache(monkeypatch, setup[2])
 
 
 def predict_json(capsys, model, files, *flags) -> tuple[list[dict], str]:
