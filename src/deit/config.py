@@ -51,9 +51,10 @@ class TrainConfig:
                                    "from disk (small folders; Fashion-MNIST and CIFAR are always in memory)")
     eval_crop_ratio: float = _f(0.875, "streamed image folders: eval resizes to img_size / ratio (bicubic), then "
                                        "centre-crops img_size (DeiT's 0.875)")
-    exact_decode: bool = _f(False, "streamed image folders: decode and resize as timm does (every JPEG in full, PIL's "
-                                   "resize) instead of at the smallest DCT scale (1/2, 1/4, 1/8) covering the crop "
-                                   "and torch's uint8 resize (faster; pixels differ slightly: docs/performance.md)")
+    exact_decode: bool = _f(False, "streamed image folders: decode, resize and warp as timm does (every JPEG in full, "
+                                   "PIL's resize and RandAugment warps) instead of at the smallest DCT scale (1/2, "
+                                   "1/4, 1/8) covering the crop, torch's uint8 resize and OpenCV's warps (faster; "
+                                   "pixels differ slightly: docs/performance.md)")
     skip_bad_images: bool = _f(False, "leave out image files that fail the listing check (truncated, corrupt, not "
                                       "an image) and count them, instead of stopping with the file's name")
     # optimisation (Table 9)

@@ -199,8 +199,10 @@ def _posterize_any_bits(img, bits_to_keep, **_):
     return ImageOps.posterize(img, bits_to_keep)
 
 
-def build_randaugment(config_str: str, img_size: tuple[int, int], mean: Sequence[float]):
-    """timm's rand_augment_transform with the hyper-parameters timm's create_transform (and so DeiT) gives it."""
+def build_randaugment(config_str: str, img_size: tuple[int, int], mean: Sequence[float], opencv: bool = False):
+    """timm's rand_augment_transform with the hyper-parameters timm's create_transform (and so DeiT) gives it;
+    opencv: its geometric ops warp through OpenCV where installed (deit.data.warp: timm's draws and matrices, ~3x
+    faster, bicubic pixels close to PIL's but not equal)."""
     from PIL import Image
     from timm.data import auto_augment
 
@@ -211,6 +213,10 @@ def build_randaugment(config_str: str, img_size: tuple[int, int], mean: Sequence
     for op in transform.ops:
         if op.aug_fn is auto_augment.posterize:
             op.aug_fn = _posterize_any_bits
+    if opencv:
+        from .warp import opencv_geometric_ops
+
+        opencv_geometric_ops(transform)
     return transform
 
 

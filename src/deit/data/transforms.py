@@ -6,8 +6,9 @@ rectangle is drawn here with timm's draws (augment.erase_box) and applied to the
 to int(img_size / eval_crop_ratio) (bicubic), centre crop. Both take an EncodedImage: the crop is chosen from the
 header's size, and a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that still covers the crop at the
 output size, and a full-scale crop is resized by torch's uint8 bicubic (antialiased, 5x faster than PIL's; values
-within 1 of PIL's but for ~0.1 % at sharp edges; fast=False: timm's pixels exactly, PIL decoding and resizing
-everything in full). No colour jitter: DeiT's RandAugment turns it off in create_transform, and AugmentConfig has
+within 1 of PIL's but for ~0.1 % at sharp edges), and RandAugment's geometric ops warp through OpenCV where
+installed (deit.data.warp: timm's draws and matrices, bicubic close to PIL's); fast=False: timm's pixels exactly,
+PIL decoding, resizing and warping everything). No colour jitter: DeiT's RandAugment turns it off in create_transform, and AugmentConfig has
 none for the in-memory path either."""
 
 from __future__ import annotations
@@ -154,8 +155,9 @@ def train_transform(augment: AugmentConfig | None, img_size: int, mean: Sequence
     else:
         steps[0] = DecodeRandomResizedCrop(img_size, augment.rrc_scale, steps[0].ratio, fast)
     for i, step in enumerate(steps):
-        if isinstance(step, RandAugment):  # ours: posterize valid at 0 bits, a fill value for grayscale images
-            steps[i] = build_randaugment(augment.randaugment, (img_size, img_size), mean)
+        if isinstance(step, RandAugment):  # ours: posterize valid at 0 bits, a fill value for grayscale images,
+            # fast: the geometric ops warped by OpenCV (deit.data.warp)
+            steps[i] = build_randaugment(augment.randaugment, (img_size, img_size), mean, opencv=fast)
     if augment.crop == "none":
         steps[0] = ResizeCenterCrop(img_size)
     elif augment.crop == "pad":

@@ -1,0 +1,115 @@
+"""RandAugment's geometric ops (Rotate, ShearX/Y, TranslateX/Y, Rel and absolute) resampled by OpenCV instead of
+PIL: timm's own matrices, fill colour and random draws, only the resampling changes. PIL's bicubic affine
+transform is a generic per-pixel loop (1.8-2.7 ms on a 224-px crop, ~30 % of a stream worker's time); OpenCV's
+warpAffine does the same warp in ~0.8 ms (bicubic). Pixels: nearest and integer translations are PIL's exactly;
+bicubic differs by the kernel (OpenCV's Keys a = -0.75 against PIL's a = -0.5) and OpenCV's 1/32-pixel positions
+(PSNR against PIL's per op in docs/performance.md). Without OpenCV (the `fast` extra) PIL's ops stay."""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+
+import numpy as np
+
+
+@functools.cache
+def _cv2():
+    try:
+        import cv2
+    except ImportError:  # optional (the `fast` extra): PIL warps alone
+        return None
+    cv2.setNumThreads(1)  # one small warp an image; a data worker is one core (epochs.init_worker)
+    return cv2
+
+
+def opencv_matrix(matrix) -> np.ndarray:
+    """PIL's affine data (a, b, c, d, e, f: output -> input, pixel centres at +0.5) as OpenCV's inverse map
+    (output -> input, pixel centres at integers): input = A (output + 0.5) + t - 0.5."""
+    a, b, c, d, e, f = matrix
+    return np.array([[a, b, c + 0.5 * (a + b) - 0.5], [d, e, f + 0.5 * (d + e) - 0.5]], dtype=np.float64)
+
+
+def affine(img, matrix, resample, fillcolor):
+    """img.transform(img.size, Image.AFFINE, matrix, resample, fillcolor=fillcolor) through cv2.warpAffine, same
+    geometry and border: PIL clamps the taps to the image (BORDER_REPLICATE) and fills every output pixel whose
+    source point lies outside it (where a nearest warp of the image's area finds nothing). Images other than "L" and
+    "RGB", or without OpenCV: PIL itself."""
+    from PIL import Image
+
+    cv2 = _cv2()
+    inter = {Image.NEAREST: "INTER_NEAREST", Image.BILINEAR: "INTER_LINEAR", Image.BICUBIC: "INTER_CUBIC"}
+    if cv2 is None or img.mode not in ("L", "RGB") or resample not in inter:
+        return img.transform(img.size, Image.AFFINE, matrix, resample, fillcolor=fillcolor)
+    pixels, size, m = np.asarray(img), img.size, opencv_matrix(matrix)
+    out = cv2.warpAffine(pixels, m, size, flags=getattr(cv2, inter[resample]) | cv2.WARP_INVERSE_MAP,
+                         borderMode=cv2.BORDER_REPLICATE)
+    outside = cv2.warpAffine(np.zeros(pixels.shape[:2], np.uint8), m, size,
+                             flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderValue=255)
+    cv2.copyTo(np.full_like(pixels, 0 if fillcolor is None else fillcolor), outside, out)
+    return Image.fromarray(out)
+
+
+def _resample(kwargs):
+    """timm's _check_args_tf: a tuple of resampling filters is one random choice (the same python-random draw)."""
+    resample = kwargs["resample"]
+    return random.choice(resample) if isinstance(resample, (list, tuple)) else resample
+
+
+def rotate_matrix(width: int, height: int, degrees: float) -> list[float]:
+    """The matrix PIL's Image.rotate(degrees) (about the centre, no expand) hands to its affine transform."""
+    angle = -math.radians(degrees % 360.0)
+    matrix = [round(math.cos(angle), 15), round(math.sin(angle), 15), 0.0,
+              round(-math.sin(angle), 15), round(math.cos(angle), 15), 0.0]
+    cx, cy = width / 2, height / 2
+    matrix[2] = matrix[0] * -cx + matrix[1] * -cy + cx
+    matrix[5] = matrix[3] * -cx + matrix[4] * -cy + cy
+    return matrix
+
+
+# timm.data.auto_augment's geometric ops, argument for argument (its PIL >= 5.2 branches)
+def rotate(img, degrees, **kwargs):
+    return affine(img, rotate_matrix(*img.size, degrees), _resample(kwargs), kwargs.get("fillcolor"))
+
+
+def shear_x(img, factor, **kwargs):
+    return affine(img, (1, factor, 0, 0, 1, 0), _resample(kwargs), kwargs.get("fillcolor"))
+
+
+def shear_y(img, factor, **kwargs):
+    return affine(img, (1, 0, 0, factor, 1, 0), _resample(kwargs), kwargs.get("fillcolor"))
+
+
+def translate_x_rel(img, pct, **kwargs):
+    return affine(img, (1, 0, pct * img.size[0], 0, 1, 0), _resample(kwargs), kwargs.get("fillcolor"))
+
+
+def translate_y_rel(img, pct, **kwargs):
+    return affine(img, (1, 0, 0, 0, 1, pct * img.size[1]), _resample(kwargs), kwargs.get("fillcolor"))
+
+
+def translate_x_abs(img, pixels, **kwargs):
+    return affine(img, (1, 0, pixels, 0, 1, 0), _resample(kwargs), kwargs.get("fillcolor"))
+
+
+def translate_y_abs(img, pixels, **kwargs):
+    return affine(img, (1, 0, 0, 0, 1, pixels), _resample(kwargs), kwargs.get("fillcolor"))
+
+
+def opencv_geometric_ops(transform) -> int:
+    """Swap the geometric ops of a timm RandAugment (rand_augment_transform) for the OpenCV ones above, in place:
+    op choice, probabilities, magnitudes and fill stay timm's. Returns how many ops were swapped (0 without
+    OpenCV)."""
+    from timm.data import auto_augment as aa
+
+    if _cv2() is None:
+        return 0
+    ours = {aa.rotate: rotate, aa.shear_x: shear_x, aa.shear_y: shear_y, aa.translate_x_rel: translate_x_rel,
+            aa.translate_y_rel: translate_y_rel, aa.translate_x_abs: translate_x_abs,
+            aa.translate_y_abs: translate_y_abs}
+    swapped = 0
+    for op in transform.ops:
+        if op.aug_fn in ours:
+            op.aug_fn, swapped = ours[op.aug_fn], swapped + 1
+    return swapped
