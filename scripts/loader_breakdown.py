@@ -1,6 +1,7 @@
 """Where a data worker's time goes, per image and stage, for timm's DeiT train transform and ours, on the same
 files with the same per-sample seeds, in one process on one thread (time.process_time); and the PSNR of our
-reduced-scale decode against a full decode with the same crop. Numbers for docs/performance.md.
+reduced-scale decode against a full decode with the same crop; or RandAugment's ops one by one (--ops: PIL's and
+ours, OpenCV's warps). Numbers for docs/performance.md.
 
     PYTHONPATH=src python scripts/loader_breakdown.py /tmp/photos_in --files 200 [--psnr | --ops]
 """
@@ -35,7 +36,8 @@ def _timm_steps(size: int):
 def breakdown(files, size: int, batch: int = 64) -> dict:
     from PIL import Image
 
-    from deit.data.augment import erase_box, erase_rectangles_
+    from deit.bench_data import RECIPE
+    from deit.data.augment import build_randaugment, erase_box, erase_rectangles_
     from deit.data.folder import EncodedImage
     from deit.data.listing import IMAGENET_MEAN, IMAGENET_STD
     from deit.data.stream import _collate
@@ -43,6 +45,7 @@ def breakdown(files, size: int, batch: int = 64) -> dict:
 
     rrc, flip, randaug, to_tensor, normalize, erasing = _timm_steps(size)
     ours_rrc, to_uint8 = DecodeRandomResizedCrop(size, rrc.scale, rrc.ratio), ToUint8Tensor()
+    ours_randaug = build_randaugment(RECIPE["auto_augment"], (size, size), IMAGENET_MEAN, opencv=True)
     mean = torch.tensor(IMAGENET_MEAN).view(1, -1, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, -1, 1, 1)
     t = {"timm": defaultdict(float), "ours": defaultdict(float)}
@@ -67,7 +70,7 @@ def breakdown(files, size: int, batch: int = 64) -> dict:
                 img, box = clock(who, "JPEG decode", enc.decode, need, box, True)
                 img = clock(who, "RandomResizedCrop + resize", ours_rrc.crop_resize, img, box)
             img = clock(who, "flip", flip, img)
-            img = clock(who, "RandAugment", randaug, img)
+            img = clock(who, "RandAugment", randaug if who == "timm" else ours_randaug, img)
             if who == "timm":
                 x = clock(who, "ToTensor", to_tensor, img)
                 x = clock(who, "normalize", normalize, x)
@@ -119,31 +122,54 @@ def psnr(files, size: int, seeds: int = 3) -> dict:
 
 
 def randaugment_ops(files, size: int, repeats: int = 3) -> dict:
-    """ms per call of each RandAugment op applied alone (probability forced to 1) to the files resized to size, and of
-    the whole transform (2 ops, each with probability 0.5): which op the time goes to."""
-    from PIL import Image
-
+    """Per RandAugment op, applied alone (probability forced to 1) to a DeiT train crop of each file (timm's
+    RandomResizedCrop, PIL): ms per call with timm's PIL ops and with ours (geometric ops through OpenCV,
+    deit.data.warp), and for the geometric ops the PSNR of ours against PIL's at magnitude 9 (no noise, random sign)
+    per crop, median and 10th percentile; and ms per image of the whole transform (2 ops, each with p = 0.5)."""
     from deit.bench_data import RECIPE
     from deit.data.augment import build_randaugment
     from deit.data.listing import IMAGENET_MEAN
+    from deit.data.folder import EncodedImage
+    from deit.data.transforms import DecodeRandomResizedCrop
 
-    transform = build_randaugment(RECIPE["auto_augment"], (size, size), IMAGENET_MEAN)
-    images = [Image.open(f).convert("RGB").resize((size, size), Image.BICUBIC) for f in files]
-    out = defaultdict(float)
+    crop = DecodeRandomResizedCrop(size, RECIPE["scale"], fast=False)
+    images = []
+    for n, f in enumerate(files):
+        random.seed(n)
+        images.append(crop(EncodedImage(f, False)))
+    transforms = {who: build_randaugment(RECIPE["auto_augment"], (size, size), IMAGENET_MEAN, opencv=who == "ours")
+                  for who in ("timm", "ours")}
+    ms, db = defaultdict(lambda: defaultdict(float)), defaultdict(list)
     for r in range(repeats):
-        for op in transform.ops:
-            prob, op.prob = op.prob, 1.0
-            random.seed(r)
+        for who, transform in transforms.items():
+            for op in transform.ops:
+                prob, op.prob = op.prob, 1.0
+                random.seed(r)
+                start = time.process_time()
+                for img in images:
+                    op(img)
+                ms[op.name][who] += time.process_time() - start
+                op.prob = prob
             start = time.process_time()
             for img in images:
-                op(img)
-            out[op.name] += time.process_time() - start
-            op.prob = prob
-        start = time.process_time()
-        for img in images:
-            transform(img)
-        out["whole transform"] += time.process_time() - start
-    return {k: 1e3 * v / (repeats * len(images)) for k, v in out.items()}
+                transform(img)
+            ms["whole transform"][who] += time.process_time() - start
+    for pil_op, cv_op in zip(transforms["timm"].ops, transforms["ours"].ops):
+        if cv_op.aug_fn is pil_op.aug_fn:
+            continue
+        for n, img in enumerate(images):
+            random.seed(n)
+            args = pil_op.level_fn(9, pil_op.hparams)
+            a, b = (np.asarray(op.aug_fn(img, *args, **op.kwargs), np.float64) for op in (pil_op, cv_op))
+            mse = np.mean((a - b) ** 2)
+            db[pil_op.name].append(10 * math.log10(255 ** 2 / mse) if mse else float("inf"))
+    out = {}
+    for name, t in ms.items():
+        row = {who: 1e3 * v / (repeats * len(images)) for who, v in t.items()}
+        if db[name]:
+            row.update(psnr_median=statistics.median(db[name]), psnr_p10=float(np.percentile(db[name], 10)))
+        out[name] = row
+    return out
 
 
 def main(argv=None) -> None:
@@ -157,8 +183,12 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     files = sorted(glob.glob(f"{args.folder}/train/*/*.jpg"))[:args.files]
     if args.ops:
-        for name, ms in randaugment_ops(files, args.img_size).items():
-            print(f"{name:22s} {ms:.3f} ms")
+        print(f"{len(files)} files of {args.folder}, {args.img_size}-px train crops; ms per call (whole transform: "
+              f"per image); PSNR of ours against PIL's at magnitude 9\n| op | timm (PIL) ms | ours ms | PSNR median / "
+              f"p10 dB |\n|---|---|---|---|")
+        for name, r in randaugment_ops(files, args.img_size).items():
+            db = f"{r['psnr_median']:.1f} / {r['psnr_p10']:.1f}" if "psnr_median" in r else "same op"
+            print(f"| {name} | {r['timm']:.3f} | {r['ours']:.3f} | {db} |")
         return
     if args.psnr:
         for name, r in psnr(files, args.img_size).items():
