@@ -69,8 +69,8 @@ def test_arbitrary_warps_fill_as_pil_does(photo):
 
 def test_bicubic_ops_at_magnitude_9_are_close_to_pils(photo):
     """Each geometric op of DeiT's RandAugment at magnitude 9 (both signs) on a 224-px crop: OpenCV's bicubic
-    (a = -0.75, 1/32-pixel positions) against PIL's (a = -0.5), well above 40 dB, and not the same pixels (OpenCV
-    did the warp)."""
+    (a = -0.75, rounded, 1/32-pixel positions) against PIL's affine bicubic (a = -1, truncated), well above 40 dB,
+    and not the same pixels (OpenCV did the warp)."""
     photo = photo.resize((224, 224), Image.BICUBIC)  # translations of 0.405 x 224 px: fractional
     pil_ops = build_randaugment("rand-m9-mstd0.5-inc1", (224, 224), (0.485, 0.456, 0.406))
     cv_ops = build_randaugment("rand-m9-mstd0.5-inc1", (224, 224), (0.485, 0.456, 0.406), opencv=True)

@@ -2,8 +2,9 @@
 PIL: timm's own matrices, fill colour and random draws, only the resampling changes. PIL's bicubic affine
 transform is a generic per-pixel loop (1.8-2.7 ms on a 224-px crop, ~30 % of a stream worker's time); OpenCV's
 warpAffine does the same warp in ~0.8 ms (bicubic). Pixels: nearest and integer translations are PIL's exactly;
-bicubic differs by the kernel (OpenCV's Keys a = -0.75 against PIL's a = -0.5) and OpenCV's 1/32-pixel positions
-(PSNR against PIL's per op in docs/performance.md). Without OpenCV (the `fast` extra) PIL's ops stay."""
+bicubic differs by the kernel (OpenCV's Keys cubic a = -0.75; PIL's affine transform uses a = -1, not the -0.5 of
+its resize), the rounding (PIL truncates, OpenCV rounds) and OpenCV's 1/32-pixel positions: 51-53 dB PSNR against
+PIL's on DeiT's train crops at magnitude 9 (docs/performance.md). Without OpenCV (the `fast` extra) PIL's ops stay."""
 
 from __future__ import annotations
 
