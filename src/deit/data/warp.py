@@ -1,10 +1,11 @@
 """RandAugment's geometric ops (Rotate, ShearX/Y, TranslateX/Y, Rel and absolute) resampled by OpenCV instead of
 PIL: timm's own matrices, fill colour and random draws, only the resampling changes. PIL's bicubic affine
-transform is a generic per-pixel loop (1.8-2.7 ms on a 224-px crop, ~30 % of a stream worker's time); OpenCV's
-warpAffine does the same warp in ~0.8 ms (bicubic). Pixels: nearest and integer translations are PIL's exactly;
-bicubic differs by the kernel (OpenCV's Keys cubic a = -0.75; PIL's affine transform uses a = -1, not the -0.5 of
-its resize), the rounding (PIL truncates, OpenCV rounds) and OpenCV's 1/32-pixel positions: 51-53 dB PSNR against
-PIL's on DeiT's train crops at magnitude 9 (docs/performance.md). Without OpenCV (the `fast` extra) PIL's ops stay."""
+transform is a generic per-pixel loop (1.8-2.7 ms on a 224-px crop, ~30 % of a stream worker's time). Rotations and
+shears: OpenCV's warpAffine (~0.8 ms bicubic), geometry and fill PIL's (nearest: PIL's pixels); the bicubic pixels
+differ by the kernel (OpenCV's Keys cubic a = -0.75; PIL's affine transform uses a = -1, not the -0.5 of its
+resize), the rounding (PIL truncates, OpenCV rounds) and OpenCV's 1/32-pixel positions: ~51 dB PSNR against PIL's
+on DeiT's train crops at magnitude 9 (docs/performance.md). Translations: PIL's own weights as one 4-tap filter
+(~0.15 ms), PIL's values but for float ties. Without OpenCV (the `fast` extra) PIL's ops stay."""
 
 from __future__ import annotations
 
@@ -80,6 +81,42 @@ def rotate_matrix(width: int, height: int, degrees: float) -> list[float]:
     return matrix
 
 
+def _pil_bicubic_taps(d: float) -> np.ndarray:
+    """Weights of taps -1, 0, 1, 2 for a sample d of a pixel past tap 0, as PIL's affine bicubic (Geometry.c's
+    BICUBIC, Keys a = -1 in Horner form: v2 + d (v3 - v1 + d (2 (v1 - v2) + v3 - v4 + d (v2 - v1 + v4 - v3))))."""
+    return np.array([-d + 2 * d * d - d ** 3, 1 - 2 * d * d + d ** 3, d + d * d - d ** 3, d ** 3 - d * d], np.float32)
+
+
+def shift(img, pixels: float, axis: int, resample, fillcolor):
+    """PIL's translation by `pixels` along axis 1 (x: matrix (1, 0, pixels, 0, 1, 0)) or 0 (y). Bicubic: every
+    output pixel samples the same fraction of a pixel, so PIL's per-pixel cubic is one 4-tap filter with its own
+    weights (cv2.filter2D, 0.15 ms against the warp's 0.8), over the taps clamped to the image as PIL clamps them,
+    truncated as PIL truncates (delta -0.499 before OpenCV's rounding): PIL's values but for float32 ties (~0.05 %
+    of values, by 1). Other filters: affine()."""
+    from PIL import Image
+
+    cv2 = _cv2()
+    if cv2 is None or img.mode not in ("L", "RGB") or resample != Image.BICUBIC:
+        return affine(img, (1, 0, pixels, 0, 1, 0) if axis == 1 else (1, 0, 0, 0, 1, pixels), resample, fillcolor)
+    pixels_in, n = np.asarray(img), img.size[1 - axis]
+    start = math.floor(pixels)
+    # output i samples i + pixels (pixel centres at integers): inside the image for i in [lo, hi), fill elsewhere
+    lo, hi = max(0, math.ceil(-0.5 - pixels)), min(n, math.ceil(n - 0.5 - pixels))
+    out = _flat(pixels_in.shape, 0 if fillcolor is None else fillcolor).copy()
+    if lo < hi:
+        first, end = lo + start - 1, hi + start + 2  # the taps of outputs lo .. hi - 1, clamped to the image
+        view = pixels_in[:, max(first, 0):min(end, n)] if axis == 1 else pixels_in[max(first, 0):min(end, n)]
+        before, after = max(0, -first), max(0, end - n)
+        taps = cv2.copyMakeBorder(view, *((0, 0, before, after) if axis == 1 else (before, after, 0, 0)),
+                                  cv2.BORDER_REPLICATE)
+        kernel, anchor = _pil_bicubic_taps(pixels - start), (1, 0) if axis == 1 else (0, 1)
+        filtered = cv2.filter2D(taps, -1, kernel[None] if axis == 1 else kernel[:, None], anchor=anchor, delta=-0.499)
+        inside, valid = [slice(None)] * out.ndim, [slice(None)] * out.ndim
+        inside[axis], valid[axis] = slice(lo, hi), slice(1, 1 + hi - lo)
+        out[tuple(inside)] = filtered[tuple(valid)]
+    return Image.fromarray(out)
+
+
 # timm.data.auto_augment's geometric ops, argument for argument (its PIL >= 5.2 branches)
 def rotate(img, degrees, **kwargs):
     return affine(img, rotate_matrix(*img.size, degrees), _resample(kwargs), kwargs.get("fillcolor"))
@@ -94,19 +131,19 @@ def shear_y(img, factor, **kwargs):
 
 
 def translate_x_rel(img, pct, **kwargs):
-    return affine(img, (1, 0, pct * img.size[0], 0, 1, 0), _resample(kwargs), kwargs.get("fillcolor"))
+    return shift(img, pct * img.size[0], 1, _resample(kwargs), kwargs.get("fillcolor"))
 
 
 def translate_y_rel(img, pct, **kwargs):
-    return affine(img, (1, 0, 0, 0, 1, pct * img.size[1]), _resample(kwargs), kwargs.get("fillcolor"))
+    return shift(img, pct * img.size[1], 0, _resample(kwargs), kwargs.get("fillcolor"))
 
 
 def translate_x_abs(img, pixels, **kwargs):
-    return affine(img, (1, 0, pixels, 0, 1, 0), _resample(kwargs), kwargs.get("fillcolor"))
+    return shift(img, pixels, 1, _resample(kwargs), kwargs.get("fillcolor"))
 
 
 def translate_y_abs(img, pixels, **kwargs):
-    return affine(img, (1, 0, 0, 0, 1, pixels), _resample(kwargs), kwargs.get("fillcolor"))
+    return shift(img, pixels, 0, _resample(kwargs), kwargs.get("fillcolor"))
 
 
 def opencv_geometric_ops(transform) -> int:
