@@ -66,7 +66,9 @@ def _flat(shape: tuple[int, ...], fill) -> np.ndarray:
 
 def _resample(kwargs):
     """timm's _check_args_tf: a tuple of resampling filters is one random choice (the same python-random draw)."""
-    resample = kwargs["resample"]
+    from PIL import Image
+
+    resample = kwargs.get("resample", Image.BICUBIC)
     return random.choice(resample) if isinstance(resample, (list, tuple)) else resample
 
 
