@@ -6,10 +6,10 @@ rectangle is drawn here with timm's draws (augment.erase_box) and applied to the
 to int(img_size / eval_crop_ratio) (bicubic), centre crop. Both take an EncodedImage: the crop is chosen from the
 header's size, and a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that still covers the crop at the
 output size, and a full-scale crop is resized by torch's uint8 bicubic (antialiased, 5x faster than PIL's; values
-within 1 of PIL's but for ~0.1 % at sharp edges), and RandAugment's geometric ops warp through OpenCV where
+within 1 of PIL's but for ~0.1 % at sharp edges), and RandAugment's geometric ops resample through OpenCV where
 installed (deit.data.warp: timm's draws and matrices, bicubic close to PIL's); fast=False: timm's pixels exactly,
-PIL decoding, resizing and warping everything). No colour jitter: DeiT's RandAugment turns it off in create_transform, and AugmentConfig has
-none for the in-memory path either."""
+PIL decoding, resizing and warping everything). No colour jitter: DeiT's RandAugment turns it off in
+create_transform, and AugmentConfig has none for the in-memory path either."""
 
 from __future__ import annotations
 
