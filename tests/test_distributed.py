@@ -72,10 +72,26 @@ def max_diff(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
+# `deit train ARGS[1:]` under torchrun, then each rank writes the names of its threads to ARGS[0]-threads-RANK.json
+THREADS_AFTER_FIT = """
+import json, os, sys
+from deit.cli import main
+code = main(sys.argv[2:])
+if os.path.isdir("/proc/self/task"):
+    names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+    with open(sys.argv[1] + f"-threads-{os.environ['RANK']}.json", "w") as f:
+        json.dump(names, f)
+sys.exit(code)
+"""
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, fmnist_dir):
+    """The 2-process run (its ranks list their threads after fit) and the 1-process run of the same global batch."""
     tmp = tmp_path_factory.mktemp("ddp")
-    result = torchrun(train_args(fmnist_dir, tmp / "two"))
+    script = tmp / "train_then_list_threads.py"
+    script.write_text(THREADS_AFTER_FIT)
+    result = launch([str(script), str(tmp / "two"), *train_args(fmnist_dir, tmp / "two")])
     assert result.returncode == 0, failure(result)
     single(fmnist_dir, tmp / "one")
     return tmp
@@ -191,27 +207,11 @@ def test_a_global_batch_that_does_not_divide_is_one_clear_line(tmp_path, fmnist_
     assert not (tmp_path / "odd").exists()
 
 
-LEFT_OVER = """
-import json, os, sys
-from deit.config import preset_config
-from deit.engine import fit
-fit(preset_config("fmnist-cpu", epochs=1, batch_size=32, train_subset=64, mixup=0.0, cutmix=0.0, progress=False,
-                  precision="fp32", device="cpu", data_dir=sys.argv[1], output=sys.argv[2], threads=1))
-names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
-with open(sys.argv[2] + f"-threads-{os.environ['RANK']}.json", "w") as f:
-    json.dump(names, f)
-"""
-
-
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads this process's threads from /proc")
-def test_after_fit_the_process_group_is_freed_not_left_to_interpreter_shutdown(tmp_path, fmnist_dir):
+def test_after_fit_the_process_group_is_freed_not_left_to_interpreter_shutdown(runs):
     """torch.distributed.nn.functional, imported by DDP after the group exists, would hold the group in its
     default arguments for good: gloo's threads would run into interpreter shutdown (where a rank once aborted
     in CI). After fit, no gloo thread is left."""
-    script = tmp_path / "fit_then_list_threads.py"
-    script.write_text(LEFT_OVER)
-    result = launch([str(script), fmnist_dir, str(tmp_path / "run")], timeout=240)
-    assert result.returncode == 0, failure(result)
     for rank in (0, 1):
-        threads = json.loads((tmp_path / f"run-threads-{rank}.json").read_text())
+        threads = json.loads((runs / f"two-threads-{rank}.json").read_text())
         assert not [name for name in threads if "gloo" in name], (rank, threads)

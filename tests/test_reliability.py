@@ -14,7 +14,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import pytest
@@ -82,6 +84,35 @@ def deit_process(args: list[str], fault: str | None = None, env: dict | None = N
         env["DEIT_FAULT"] = fault
     return subprocess.run([sys.executable, "-m", "deit", *args], capture_output=True, text=True, env=env, timeout=600,
                           start_new_session=own_session)
+
+
+def forked_deit(args: list[str], fault: str) -> subprocess.CompletedProcess:
+    """`deit ARGS` with DEIT_FAULT=fault in a fork of this process: a process of its own (a kill -9 ends it alone)
+    without a new interpreter's imports of torch and deit (~6 s each here). returncode -N: ended by signal N."""
+    with tempfile.TemporaryFile("w+") as out:
+        pid = os.fork()
+        if pid == 0:  # the child: cli_main, then out without running this process's exit handlers (pytest's)
+            code = 1
+            try:
+                sys.stdout = sys.stderr = out
+                os.environ["DEIT_FAULT"] = fault
+                faults.reset()
+                code = cli_main(args)
+            except BaseException:
+                traceback.print_exc(file=out)
+            finally:
+                out.flush()
+                os._exit(code)
+        deadline = time.monotonic() + 600  # deit_process's timeout: a child that hangs fails the test
+        while not (ended := os.waitpid(pid, os.WNOHANG))[0]:
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise subprocess.TimeoutExpired(args, 600)
+            time.sleep(0.05)
+        out.seek(0)
+        text = out.read()
+    return subprocess.CompletedProcess(args, os.waitstatus_to_exitcode(ended[1]), text, text)
 
 
 def log_rows(run: Path) -> list[dict]:
@@ -214,7 +245,7 @@ KILLS = {  # moment -> DEIT_FAULT (5 steps an epoch; a checkpoint: best, log, mo
 @pytest.mark.parametrize("moment", list(KILLS))
 def test_kill_9_at_any_moment_then_resume_equals_the_uninterrupted_run(moment, folder, reference, tmp_path):
     run = tmp_path / "run"
-    killed = deit_process(train_args(folder, run), fault=KILLS[moment])
+    killed = forked_deit(train_args(folder, run), fault=KILLS[moment])
     assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL at that moment, not a normal end
     assert not (run / "metrics.json").exists()
     assert_loadable(run)
@@ -300,7 +331,7 @@ def test_a_second_signal_during_the_save_ends_the_process_and_corrupts_nothing(f
     without a handler): the previous state.pt stands, and the lock it left is taken over by the next attempt."""
     run = tmp_path / "run"
     args = train_args(folder, run) + ["--resume", "auto"]
-    killed = deit_process(args, fault="step:step=3:term,write:file=state.pt:hit=2:term")
+    killed = forked_deit(args, fault="step:step=3:term,write:file=state.pt:hit=2:term")
     assert killed.returncode == -signal.SIGTERM, killed.stderr[-2000:]
     assert read_state(run / "state.pt")["step"] == 0 and (run / LOCK).exists()
     assert_loadable(run)

@@ -15,7 +15,6 @@ from deit.config import TrainConfig, preset_config
 from deit.data import ImageData, load_split
 from deit.data.canvas import canvas_positions, place_on_canvas
 from deit.data.subsets import stratified_subset
-from deit.engine import fit
 from deit.engine.trainer import epoch_checkpoint
 from deit.reproduce import (STUDIES, StudyRun, closest_checkpoint, matched_teacher, render_tables, row_config, run_study,
                             selected_runs, target_lines, train_command)
@@ -66,21 +65,19 @@ def test_canvas_val_is_independent_of_the_train_subset_and_the_subset_of_the_see
         small.replace(img_size=40)
 
 
-def test_kept_checkpoints_load_as_a_teacher_by_architecture_name(tmp_path, fmnist_dir, small_val):
-    config = preset_config("cnn-small", model="resnet8_tiny", data_dir=fmnist_dir, canvas=40, train_subset=100,
-                           epochs=2, batch_size=50, eval_every=1, keep_checkpoints=True, output=str(tmp_path / "t"),
-                           progress=False, threads=2, precision="fp32")
-    fit(config)
-    files = sorted(p.name for p in (tmp_path / "t" / "checkpoints").iterdir())
+def assert_kept_checkpoints_load_as_a_teacher_by_architecture_name(run) -> None:
+    """A convnet run of 2 epochs with --keep-checkpoints (the study's teacher): each epoch's weights load as a teacher
+    by architecture name; the last is the run's model."""
+    files = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert files == ["epoch-001.safetensors", "epoch-002.safetensors"]
     x = torch.randn(3, 1, 40, 40)
     outputs = {}
     for epoch in (1, 2):
-        teacher, info = load_teacher("resnet8_tiny", str(tmp_path / "t" / epoch_checkpoint(epoch)), num_classes=10,
+        teacher, info = load_teacher("resnet8_tiny", str(run / epoch_checkpoint(epoch)), num_classes=10,
                                      in_chans=1, img_size=(40, 40))
         assert info["teacher"] == "resnet8_tiny"
         outputs[epoch] = teacher(x)
-    final, _ = load_teacher(str(tmp_path / "t"), None, num_classes=10, in_chans=1, img_size=(40, 40))
+    final, _ = load_teacher(str(run), None, num_classes=10, in_chans=1, img_size=(40, 40))
     torch.testing.assert_close(outputs[2], final(x))  # the last epoch's checkpoint is the run's model
     assert not torch.allclose(outputs[1], outputs[2])
 
@@ -246,7 +243,7 @@ def test_merge_takes_the_runs_recorded_elsewhere_that_this_study_lacks(tmp_path,
 
 def test_small_canvas_study_end_to_end_at_toy_scale(tmp_path, fmnist_dir, capsys, small_val):
     """Every row trained (100 images, 2 epochs of 2 steps), the teacher of matched accuracy picked from the convnet's kept
-    checkpoints, Tables 2-4, the token cosine and the targets written; a second call trains nothing."""
+    checkpoints (each loads as a teacher by architecture name), Tables 2-4, the token cosine and the targets written; a second call trains nothing."""
     toy = dict(data_dir=fmnist_dir, train_subset=100, epochs=2, batch_size=50, warmup_epochs=0.1,
                progress=False, threads=2, precision="fp32")
     out, runs = tmp_path / "results", tmp_path / "runs"
@@ -255,6 +252,7 @@ def test_small_canvas_study_end_to_end_at_toy_scale(tmp_path, fmnist_dir, capsys
     # --plan then says what the rest would do
     run_study(STUDY, output=out, runs_dir=runs, rows=["teacher-cnn"], **toy)
     assert [p.name for p in runs.iterdir()] == ["teacher-cnn-s0"]
+    assert_kept_checkpoints_load_as_a_teacher_by_architecture_name(runs / "teacher-cnn-s0")
     teacher_weights = (runs / "teacher-cnn-s0" / "model.safetensors").read_bytes()
     part = run_study(STUDY, output=out, runs_dir=runs, rows=["none", "token"], seeds=[0], **toy)
     assert (runs / "teacher-cnn-s0" / "model.safetensors").read_bytes() == teacher_weights

@@ -159,7 +159,9 @@ def test_bad_config_is_one_clear_error():
         preset_config("imagenet-1000-epochs")
 
 
-def test_cli_train_then_eval_json(tmp_path, fmnist_dir, capsys, cnn_teacher):
+def test_cli_train_then_eval_json(tmp_path, fmnist_dir, capsys, cnn_teacher, small_val):
+    # train and eval on the same 500 test images (small_val): what is checked is that eval --json gives the run's
+    # own metrics, not the accuracy on all 10,000
     run = tmp_path / "cli_run"
     code = cli_main(["train", "--preset", "fmnist-cpu", "--epochs", "1", "--train-subset", "1000",
                      "--batch-size", "100", "--teacher", str(cnn_teacher.output), "--distillation", "hard",

@@ -22,7 +22,8 @@ from ..config import TrainConfig
 from ..faults import fault_point
 from ..finetune import apply as apply_finetune, prepare as prepare_finetune
 from ..losses import LossOutput
-from .budget import BudgetPlan, Pace, calibration_steps, plan_schedule, steady_step_s
+from .budget import calibration_steps
+from .budget_control import BudgetControl, estimate_eval_s
 from .evaluate import evaluate, predict
 from .optim import build_optimizer, lr_at, scaled_lr
 from .run_dir import STATE, RunWriter, read_log
@@ -139,11 +140,7 @@ class Trainer:
                              "lower --batch-size")
         self.total_steps = self.steps_per_epoch * c.epochs  # a time budget replaces it after calibration
         self.warmup_steps = int(round(c.warmup_epochs * self.steps_per_epoch))
-        self.budget_plan: Optional[BudgetPlan] = None
-        self.step_times: list[float] = []  # while calibrating a time budget
-        self.pace: Optional[Pace] = None  # after calibrating in this process: the schedule is planned again each epoch
-        self.last_eval_s: Optional[float] = None  # the latest evaluation's seconds
-        self.epoch_eval_s = 0.0
+        self.budget = BudgetControl(c, rt, self.writer, self.steps_per_epoch, self.started)
         self.peak_lr = scaled_lr(c)
         # position and running results
         self.epoch, self.batch, self.step, self.best_top1 = 0, 0, 0, -1.0
@@ -156,76 +153,27 @@ class Trainer:
     def num_epochs(self) -> int:
         return math.ceil(self.total_steps / self.steps_per_epoch)
 
-    @property
-    def calibrating(self) -> bool:
-        return self.config.time_budget_minutes is not None and self.budget_plan is None
-
     def _length(self) -> str:
         c = self.config
         per_epoch = f"{self.steps_per_epoch} steps an epoch"
         if c.accum_steps > 1:
             per_epoch += f" (each {c.accum_steps} micro-batches of {micro_batch(c, self.rt.world_size)} a process)"
-        if self.calibrating:
+        if self.budget.calibrating:
             return f"as many epochs as {c.time_budget_minutes:g} min allow, {per_epoch}"
         return f"{self.total_steps / self.steps_per_epoch:g} epochs of {per_epoch}"
 
     def restore_schedule(self, recorded: Optional[dict]) -> None:
         """On resume: the schedule a time budget fixed (config.json), not a new calibration."""
-        if recorded is not None:
-            self.budget_plan = BudgetPlan(**recorded)
-            self.total_steps = self.budget_plan.total_steps
+        total = self.budget.restore(recorded)
+        if total is not None:
+            self.total_steps = total
 
     def calibrate(self) -> None:
-        """Size the schedule to the time budget from the steps measured so far (the main process decides)."""
-        c = self.config
-        plan = plan_schedule(c.time_budget_minutes * 60, time.monotonic() - self.started, self.step,
-                             steady_step_s(self.step_times), self._estimate_eval_s(), self.steps_per_epoch,
-                             c.eval_every)
-        self._adopt(plan)
-        self.pace = Pace()
-        self.rt.print(f"time budget {c.time_budget_minutes:g} min: {plan.step_s * 1000:.0f} ms a step, "
-                      f"~{plan.eval_s:.0f} s an evaluation -> {plan.epochs:.2f} epochs ({plan.total_steps} steps)")
-
-    def replan(self, epoch_wall_s: float, steps: int) -> None:
-        """After an epoch: size what is left of the schedule to what is left of the budget at the pace of the
-        last epochs and the last evaluation's time. A resumed run keeps its recorded schedule (no pace)."""
-        c = self.config
-        self.pace.add(epoch_wall_s, steps)
-        eval_s = self.last_eval_s if self.last_eval_s is not None else self.budget_plan.eval_s
-        plan = plan_schedule(c.time_budget_minutes * 60, time.monotonic() - self.started, self.step,
-                             self.pace.step_s, eval_s, self.steps_per_epoch, c.eval_every)
-        plan.first_total_steps = self.budget_plan.first_total_steps
-        self._adopt(plan)
-
-    def _adopt(self, plan: BudgetPlan) -> None:
-        """Every process takes the main process's total (their clocks differ); recorded in config.json."""
-        (total,) = self.rt.all_reduce([plan.total_steps if self.rt.is_main else 0])
-        plan.total_steps, plan.epochs = int(total), int(total) / self.steps_per_epoch
-        if plan.first_total_steps is None:  # calibration's plan
-            plan.first_total_steps = plan.total_steps
-        self.budget_plan, self.total_steps = plan, plan.total_steps
-        self.writer.update_config({"schedule": plan.to_dict()})
-
-    @torch.no_grad()
-    def _estimate_eval_s(self) -> float:
-        """One evaluation's seconds, from timing the second forward of the first val batch (and the teacher's
-        once, as the first evaluation also computes its logits)."""
-        rt = self.rt
-        x, _ = next(iter(self.val_loader))
+        """Size the schedule to the time budget from the steps measured so far (deit.engine.budget_control)."""
         models = [self.model] + ([self.ema.module] if self.ema is not None else [])
-        if self.teacher is not None and self.teacher_val_logits is None:
+        if self.teacher is not None and self.teacher_val_logits is None:  # the first evaluation computes its logits
             models.append(self.teacher)
-        seconds = 0.0
-        was_training = self.model.training
-        for model in models:
-            model.eval()
-            with rt.autocast():
-                model(x)
-                start = time.perf_counter()
-                model(x)
-            seconds += time.perf_counter() - start
-        self.model.train(was_training)
-        return seconds * len(self.val_loader)
+        self.total_steps = self.budget.calibrate(self.step, estimate_eval_s(models, self.val_loader, self.rt))
 
     def _choose_precision(self, recorded: Optional[str]):
         """--precision auto on a CPU: measure the model's step in fp32 and bf16 and keep the faster (every rank
@@ -462,8 +410,8 @@ class Trainer:
                 sums["wait_s"] += t1 - t0
                 sums["compute_s"] += t2 - t1
                 batch_index += 1
-                if self.calibrating:
-                    self.step_times.append(t2 - t0)
+                if self.budget.calibrating:
+                    self.budget.step_times.append(t2 - t0)
                     if self.step >= calibration_steps(self.warmup_steps, self.steps_per_epoch):
                         self.calibrate()
                 self.reporter.step(self.step, total, self.lr(self.step - 1), len(x) * self.rt.world_size,
@@ -524,7 +472,7 @@ class Trainer:
         if epoch + 1 == self.num_epochs or (epoch + 1) % c.eval_every == 0:
             started = time.monotonic()
             self.metrics = self.evaluate()
-            self.last_eval_s = self.epoch_eval_s = time.monotonic() - started
+            self.budget.evaluated(time.monotonic() - started)
             row.update({f"val_{k}": v for k, v in self.metrics.items() if not k.startswith("disagree")})
             if self.metrics["top1"] > self.best_top1:
                 self.best_top1 = self.metrics["top1"]
@@ -555,13 +503,14 @@ class Trainer:
                       f"{self.rt.precision} on {self.rt.device}, distillation={c.distillation} -> {self.run_dir}")
         epoch, first_batch = self.epoch, self.batch
         while epoch < self.num_epochs:  # a time budget sets num_epochs during the first epoch, then each epoch
-            pace, started, steps = self.pace, time.monotonic(), self.step
+            pace, started, steps = self.budget.pace, time.monotonic(), self.step
             if self.train_epoch(epoch, first_batch, stop_after_steps):
                 return RunResult(self.run_dir, {}, stopped_by=self.stopped_by)
-            self.epoch_eval_s = 0.0
+            self.budget.epoch_eval_s = 0.0
             self.end_epoch(epoch)
             if pace is not None and epoch + 1 < self.num_epochs:  # not the calibration's epoch (start-up costs)
-                self.replan(time.monotonic() - started - self.epoch_eval_s, self.step - steps)
+                self.total_steps = self.budget.replan(time.monotonic() - started - self.budget.epoch_eval_s,
+                                                      self.step - steps, self.step)
             epoch, first_batch = epoch + 1, 0
 
         log_rows = read_log(self.run_dir) if self.rt.is_main else []

@@ -5,49 +5,16 @@ resumed, and a teacher whose weights are gone is trained again (deterministicall
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 from ..config import TrainConfig, preset_config
 from ..fileio import atomic_write
-from .holdout import closest_teacher, holdout_top1
 from .records import encode_predictions, fingerprint, previous_records, records_of, settings_changes, settings_difference
 from .studies import STUDIES, Row, Study, teacher_key
 from .tables import plot_study, render_tables
-
-
-def closest_checkpoint(accuracies: dict[int, float], target: float) -> int:
-    """The epoch whose top-1 is closest to `target` (the earlier one on a tie)."""
-    if not accuracies:
-        raise ValueError("no evaluated checkpoint to choose from")
-    return min(accuracies, key=lambda epoch: (abs(accuracies[epoch] - target), epoch))
-
-
-def matched_teacher(row: Row, runs_dir: Path, target_top1: float | None = None) -> dict[str, Any]:
-    """The checkpoint of row.teacher's seed-0 run whose val top-1 is closest to the seed-0 top-1 of the row named by
-    row.teacher_checkpoint ("matched:<row>"; `target_top1` if given, else read from its run):
-    {"epoch", "top1", "weights", "target", "target_top1"}."""
-    from ..engine.run_dir import read_log
-    from ..engine.trainer import epoch_checkpoint
-
-    kind, _, target = (row.teacher_checkpoint or "").partition(":")
-    if kind != "matched" or not target:
-        raise ValueError(f"row {row.key}: teacher_checkpoint must be 'matched:<row>', got {row.teacher_checkpoint!r}")
-    teacher_dir, target_dir = runs_dir / f"{row.teacher}-s0", runs_dir / f"{target}-s0"
-    if not (teacher_dir / "metrics.json").exists() or (target_top1 is None and not (target_dir / "metrics.json").exists()):
-        raise ValueError(f"row {row.key} needs the finished runs {teacher_dir} and {target_dir} first")
-    if target_top1 is None:
-        target_top1 = json.loads((target_dir / "metrics.json").read_text())["top1"]
-    accuracies = {r["epoch"]: r["val_top1"] for r in read_log(teacher_dir)
-                  if "val_top1" in r and (teacher_dir / epoch_checkpoint(r["epoch"])).exists()}
-    if not accuracies:
-        raise ValueError(f"{teacher_dir} kept no evaluated per-epoch checkpoints (train it with --keep-checkpoints "
-                         "and --eval-every 1)")
-    epoch = closest_checkpoint(accuracies, target_top1)
-    return {"epoch": epoch, "top1": accuracies[epoch], "weights": str(teacher_dir / epoch_checkpoint(epoch)),
-            "target": target, "target_top1": target_top1}
+from .teacher_choice import holdout_of, matched_teacher, with_matched_teacher
 
 
 def row_options(study: Study, row: Row) -> dict[str, Any]:
@@ -265,42 +232,6 @@ class StudyRun:
         return {"label": f"{label}, epoch {choice['epoch']} (matched to {target}-s0)", "params": metrics["params"],
                 **choice}
 
-    def holdout_of(self, row: Row, train: bool = True) -> float | None:
-        """Top-1 of a teacher (a teacher row's or a student row's seed-0 run) on the study's held-out split, kept in
-        its record. train=False: only from a record with the current settings (None if there is none)."""
-        size, seed = self.study.holdout
-        record = self.reusable(row, 0)
-        kept = (record or {}).get("holdout", {})
-        if kept.get("images") == size and kept.get("seed") == seed:
-            self.records.setdefault(f"{row.key}-s0", record)
-            return kept["top1"]
-        if not train:
-            return None
-        record = self.run(row, 0, need_weights=True)
-        record["holdout"] = {"top1": holdout_top1(self.runs_dir / f"{row.key}-s0", size, seed, **self.execution),
-                             "images": size, "seed": seed}
-        print(f"{row.key}-s0: top-1 {record['holdout']['top1']:.2f} % on the held-out split, "
-              f"{record['metrics']['top1']:.2f} % on the test set", flush=True)
-        self.write_outputs()
-        return record["holdout"]["top1"]
-
-    def resolved(self, row: Row, train: bool = True) -> Row:
-        """A row whose teacher is matched (row.match_to): with the chosen teacher, the choice kept in
-        results["matched"]; trains and evaluates the candidates and the target if needed (train=True), else decides
-        from the records alone, returning the row unchanged while any held-out accuracy is missing."""
-        if row.match_to is None:
-            return row
-        accuracies = {key: self.holdout_of(self.rows[key], train) for key in row.match_candidates}
-        target = self.holdout_of(self.rows[row.match_to], train)
-        if target is None or None in accuracies.values():
-            return row
-        chosen = closest_teacher(accuracies, target)
-        self.results["matched"][row.key] = {
-            "teacher": chosen, "holdout_top1": accuracies[chosen], "target": row.match_to,
-            "target_holdout_top1": target, "gap": round(abs(accuracies[chosen] - target), 2),
-            "tolerance": self.study.match_tolerance, "candidates": accuracies}
-        return dataclasses.replace(row, teacher=chosen)
-
     def student(self, row: Row, seed: int) -> None:
         record = self.run(row, seed)
         if row.teacher is not None:
@@ -359,6 +290,8 @@ def run_study(name: str, output: str | Path | None = None, runs_dir: str | Path 
     order = [(t, 0) for t in study.teachers] + study.schedule()
     hint = state.reuse_hint([(row, seed) for row, seed in order if (row.key, seed) in chosen or row in study.teachers])
     if plan:
+        from .plan import plan_study
+
         return plan_study(state, order, chosen, hint, estimate_steps)
     if hint:
         print(hint, flush=True)
@@ -368,9 +301,9 @@ def run_study(name: str, output: str | Path | None = None, runs_dir: str | Path 
             if (row.key, seed) in chosen:  # a teacher named by --rows: trained (or found) now
                 state.run(row, seed, need_weights=True)
                 if study.holdout is not None:
-                    state.holdout_of(row)
+                    holdout_of(state, row)
             continue
-        row = state.resolved(row, train=(row.key, seed) in chosen)
+        row = with_matched_teacher(state, row, train=(row.key, seed) in chosen)
         matched = state.results["matched"].get(row.key)
         if matched and matched["gap"] > study.match_tolerance and state.reusable(row, seed) is None:
             print(f"{row.key}-s{seed} not trained: the closest convnet ({matched['teacher']}, "
@@ -382,73 +315,3 @@ def run_study(name: str, output: str | Path | None = None, runs_dir: str | Path 
             state.student(row, seed)
             state.write_outputs()
     return state.results
-
-
-def plan_study(state: StudyRun, order: list[tuple[Row, int]], chosen: set[tuple[str, int]], hint: str | None,
-               estimate_steps: int) -> dict[str, Any]:
-    """--plan: every run the call would reach (teachers first, then rows x seeds in training order), what it would do
-    with each, and (estimate_steps > 0) the minutes each run to train should take on this machine, measured."""
-    study = state.study
-    needed = {key for key, _ in chosen}  # and their teachers, a matched row's candidates and target
-    for key, _ in chosen:
-        row = state.rows[key]
-        needed |= {row.teacher, *row.match_candidates, row.match_to} - {None}
-    lines, rows_of = [], {}
-    for row, seed in order:
-        if (row.key, seed) in chosen or (row in study.teachers and row.key in needed):
-            resolved = state.resolved(row, train=False)
-            status = state.status(resolved, seed)
-            if row.match_to is not None and resolved.teacher is None and status.startswith("to train"):
-                status += f" (its teacher: the convnet nearest {row.match_to}-s0 on the held-out split, chosen " \
-                          "once all have been evaluated)"
-            elif row.match_to is not None:
-                status += f" (teacher {resolved.teacher}, chosen by the held-out split)"
-            teaches = row in study.teachers or any(r.match_to == row.key for r in study.rows)
-            if study.holdout is not None and teaches and seed == 0:
-                top1 = state.holdout_of(row, train=False)
-                status += f"; held-out top-1 {top1:.2f} %" if top1 is not None else ""
-            lines.append((f"{row.key}-s{seed}", status))
-            rows_of[f"{row.key}-s{seed}"] = resolved
-    minutes = estimate_minutes(state, {run: rows_of[run] for run, status in lines if status.startswith("to train")},
-                               estimate_steps) if estimate_steps else {}
-    width = max(len(run) for run, _ in lines)
-    print("\n".join(f"{run:<{width}}  {status}" + (f"  [~{minutes[run]:.0f} min here]" if run in minutes else "")
-                     for run, status in lines))
-    print(f"{sum(s.startswith('to train') for _, s in lines)} of {len(lines)} runs to train "
-          f"(teachers are trained first when a student needs their weights){state.pace()}")
-    if minutes:
-        import os
-
-        load, cores = os.getloadavg()[0], os.cpu_count()
-        busy = f"; measured under a load average of {load:.1f} on {cores} cores: other processes slowed it" \
-            if load > cores else ""
-        print(f"estimated here: {sum(minutes.values()) / 60:.1f} h of training for the runs to train, one after "
-              f"another ({estimate_steps} steps of each kind timed now, with its evaluations{busy})")
-    if hint:
-        print(hint)
-    return {"plan": lines, "minutes": minutes}
-
-
-def estimate_minutes(state: StudyRun, runs: dict[str, Row], steps: int) -> dict[str, float]:
-    """Minutes per run (name -> row) measured by deit.reproduce.estimate, once per kind of run (preset, model,
-    teacher architecture); a matched row is timed with its first candidate (the strongest)."""
-    from ..data import load_split
-    from .estimate import measure_run_seconds
-
-    measured: dict[tuple, float] = {}
-    minutes = {}
-    for name, row in runs.items():
-        teacher = row.teacher or (row.match_candidates[0] if row.match_candidates else None)
-        teacher_model = state.rows[teacher].options["model"] if teacher else None
-        # the teacher's weights are random ones written when timed (measure_run_seconds)
-        teacher_options = dict(teacher=teacher_model, teacher_weights="(random)") if teacher_model else {}
-        config = preset_config(row.preset, **{**row_options(state.study, row), **state.execution, **teacher_options})
-        kind = (row.preset, config.model, teacher_model)
-        if kind not in measured:
-            n = int(config.train_subset) if config.train_subset and config.train_subset > 1 else \
-                len(load_split(config, "train"))
-            print(f"timing {steps} steps of {config.model}" + (f" (teacher {teacher_model})" if teacher_model else ""),
-                  flush=True)
-            measured[kind] = measure_run_seconds(config, teacher_model, n, steps)["total_s"]
-        minutes[name] = measured[kind] / 60
-    return minutes

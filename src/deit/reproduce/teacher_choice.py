@@ -1,15 +1,98 @@
-"""The README and plot of a study with paired comparisons (fmnist-teacher-choice): teachers on the held-out split
-and the test set, the matched convnet, each comparison's mean paired difference with its 95 % t interval and the
-verdict on the claim, Table 4 and the token cosine for every distilled row's teacher."""
+"""The teacher of matched accuracy, and the README and plot of a study with paired comparisons
+(fmnist-teacher-choice). Matched teachers: an earlier checkpoint of a teacher whose val top-1 is closest to a
+transformer's (a row's teacher_checkpoint "matched:<row>"), or, of a row's candidate convnets, the one whose top-1 on
+the study's held-out split is closest to that of the run it is matched to (row.match_to; chosen on that split, never
+on the test set). The README: teachers on the held-out split and the test set, the matched convnet, each
+comparison's mean paired difference with its 95 % t interval and the verdict on the claim, Table 4 and the token
+cosine for every distilled row's teacher."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from .holdout import closest_teacher, holdout_top1
 from .paired import PairedDifference, paired_difference
-from .studies import Study
+from .studies import Row, Study
+
+if TYPE_CHECKING:
+    from .runner import StudyRun
 
 
+# ----------------------------------------------------------------------------------------------- matched teachers
+def closest_checkpoint(accuracies: dict[int, float], target: float) -> int:
+    """The epoch whose top-1 is closest to `target` (the earlier one on a tie)."""
+    if not accuracies:
+        raise ValueError("no evaluated checkpoint to choose from")
+    return min(accuracies, key=lambda epoch: (abs(accuracies[epoch] - target), epoch))
+
+
+def matched_teacher(row: Row, runs_dir: Path, target_top1: float | None = None) -> dict[str, Any]:
+    """The checkpoint of row.teacher's seed-0 run whose val top-1 is closest to the seed-0 top-1 of the row named by
+    row.teacher_checkpoint ("matched:<row>"; `target_top1` if given, else read from its run):
+    {"epoch", "top1", "weights", "target", "target_top1"}."""
+    from ..engine.run_dir import read_log
+    from ..engine.trainer import epoch_checkpoint
+
+    kind, _, target = (row.teacher_checkpoint or "").partition(":")
+    if kind != "matched" or not target:
+        raise ValueError(f"row {row.key}: teacher_checkpoint must be 'matched:<row>', got {row.teacher_checkpoint!r}")
+    teacher_dir, target_dir = runs_dir / f"{row.teacher}-s0", runs_dir / f"{target}-s0"
+    if not (teacher_dir / "metrics.json").exists() or (target_top1 is None and not (target_dir / "metrics.json").exists()):
+        raise ValueError(f"row {row.key} needs the finished runs {teacher_dir} and {target_dir} first")
+    if target_top1 is None:
+        target_top1 = json.loads((target_dir / "metrics.json").read_text())["top1"]
+    accuracies = {r["epoch"]: r["val_top1"] for r in read_log(teacher_dir)
+                  if "val_top1" in r and (teacher_dir / epoch_checkpoint(r["epoch"])).exists()}
+    if not accuracies:
+        raise ValueError(f"{teacher_dir} kept no evaluated per-epoch checkpoints (train it with --keep-checkpoints "
+                         "and --eval-every 1)")
+    epoch = closest_checkpoint(accuracies, target_top1)
+    return {"epoch": epoch, "top1": accuracies[epoch], "weights": str(teacher_dir / epoch_checkpoint(epoch)),
+            "target": target, "target_top1": target_top1}
+
+
+def holdout_of(state: StudyRun, row: Row, train: bool = True) -> float | None:
+    """Top-1 of a teacher (a teacher row's or a student row's seed-0 run) on the study's held-out split, kept in
+    its record. train=False: only from a record with the current settings (None if there is none)."""
+    size, seed = state.study.holdout
+    record = state.reusable(row, 0)
+    kept = (record or {}).get("holdout", {})
+    if kept.get("images") == size and kept.get("seed") == seed:
+        state.records.setdefault(f"{row.key}-s0", record)
+        return kept["top1"]
+    if not train:
+        return None
+    record = state.run(row, 0, need_weights=True)
+    record["holdout"] = {"top1": holdout_top1(state.runs_dir / f"{row.key}-s0", size, seed, **state.execution),
+                         "images": size, "seed": seed}
+    print(f"{row.key}-s0: top-1 {record['holdout']['top1']:.2f} % on the held-out split, "
+          f"{record['metrics']['top1']:.2f} % on the test set", flush=True)
+    state.write_outputs()
+    return record["holdout"]["top1"]
+
+
+def with_matched_teacher(state: StudyRun, row: Row, train: bool = True) -> Row:
+    """A row whose teacher is matched (row.match_to): with the chosen teacher, the choice kept in
+    results["matched"]; trains and evaluates the candidates and the target if needed (train=True), else decides
+    from the records alone, returning the row unchanged while any held-out accuracy is missing."""
+    if row.match_to is None:
+        return row
+    accuracies = {key: holdout_of(state, state.rows[key], train) for key in row.match_candidates}
+    target = holdout_of(state, state.rows[row.match_to], train)
+    if target is None or None in accuracies.values():
+        return row
+    chosen = closest_teacher(accuracies, target)
+    state.results["matched"][row.key] = {
+        "teacher": chosen, "holdout_top1": accuracies[chosen], "target": row.match_to,
+        "target_holdout_top1": target, "gap": round(abs(accuracies[chosen] - target), 2),
+        "tolerance": state.study.match_tolerance, "candidates": accuracies}
+    return dataclasses.replace(row, teacher=chosen)
+
+
+# ----------------------------------------------------------------------------------------------- README and plot
 def _top1_by_seed(results: dict, key: str) -> dict[int, float]:
     entry = results["rows"].get(key, {"seeds": [], "runs": []})
     return {seed: run["top1"] for seed, run in zip(entry["seeds"], entry["runs"])}
