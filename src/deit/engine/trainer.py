@@ -23,6 +23,7 @@ from ..faults import fault_point
 from ..finetune import apply as apply_finetune, prepare as prepare_finetune
 from ..losses import LossOutput
 from .budget import BudgetPlan, Pace, calibration_steps, plan_schedule, steady_step_s
+from .compile import compile_student
 from .evaluate import evaluate, predict
 from .optim import build_optimizer, lr_at, scaled_lr
 from .run_dir import STATE, RunWriter, read_log
@@ -127,7 +128,10 @@ class Trainer:
 
             self.ema = ModelEmaV3(self.model, decay=c.ema_decay)
         mixup = SeededMixup(c, self.train_data.num_classes, rt.rank) if c.mixing else None
-        self.task = DistillationTask(self._wrap_for_ranks(self.model), self.teacher, build_criterion(c), mixup)
+        d = self.train_data  # the step's module compiled (--compile); self.model stays plain for everything else
+        student = compile_student(self._wrap_for_ranks(self.model), self.model, c, rt,
+                                  (micro_batch(c, rt.world_size), d.in_chans, *d.img_size))
+        self.task = DistillationTask(student, self.teacher, build_criterion(c), mixup)
 
         shard = dict(device=rt.device, num_workers=c.num_workers, world_size=rt.world_size, rank=rt.rank)
         self.train_loader = make_loader(self.train_data, per_rank_batch(c, rt.world_size), train=True,
