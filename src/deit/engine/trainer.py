@@ -131,6 +131,7 @@ class Trainer:
         d = self.train_data  # the step's module compiled (--compile); self.model stays plain for everything else
         student = compile_student(self._wrap_for_ranks(self.model), self.model, c, rt,
                                   (micro_batch(c, rt.world_size), d.in_chans, *d.img_size))
+        self.compiled = student is not self.model and not isinstance(student, nn.parallel.DistributedDataParallel)
         self.task = DistillationTask(student, self.teacher, build_criterion(c), mixup)
 
         shard = dict(device=rt.device, num_workers=c.num_workers, world_size=rt.world_size, rank=rt.rank)
@@ -295,6 +296,7 @@ class Trainer:
             **({"finetune": self.finetune_info} if self.finetune_info else {}),
             "precision": self.rt.precision,
             "precision_probe": self.precision_probe.to_dict() if self.precision_probe else None,
+            "compiled": self.compiled,  # what --compile decided (auto: deit.engine.compile)
             "device": str(self.rt.device),
             "world_size": self.rt.world_size,
             "steps_per_epoch": self.steps_per_epoch,
