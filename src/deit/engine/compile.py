@@ -68,7 +68,7 @@ def compile_student(student: nn.Module, model: nn.Module, config: TrainConfig, r
         return student
     start = time.perf_counter()
     try:
-        compiled = torch.compile(student, dynamic=False)  # the step's shape never changes (full batches only)
+        compiled = Compiled(student)
         _warm_up(compiled, model, input_shape, rt)
     except Exception as e:  # no C++ compiler, an unsupported op: training goes on uncompiled
         print(f"deit train: compiling the student failed ({type(e).__name__}: {first_line(e)}); training uncompiled",
@@ -78,6 +78,22 @@ def compile_student(student: nn.Module, model: nn.Module, config: TrainConfig, r
     rt.print(f"compile: the student's step compiled in {seconds:.1f} s ({reason})")
     _remember(key, seconds)
     return compiled
+
+
+class Compiled(nn.Module):
+    """The student through torch.compile, its input in one memory layout: dynamo guards on strides, even on a dim
+    of size 1, and batches differ there (RandAugment's gray batches have a channel stride of 0): without it the
+    first real batch would compile again."""
+
+    def __init__(self, student: nn.Module):
+        super().__init__()
+        self.compiled = torch.compile(student, dynamic=False)  # the step's shape never changes (full batches only)
+
+    def forward(self, x: torch.Tensor):
+        return self.compiled(x.clone(memory_format=torch.contiguous_format))
+
+    def no_sync(self):  # DDP's, for gradient accumulation (engine/trainer.py)
+        return self.compiled.no_sync()
 
 
 def _warm_up(compiled: nn.Module, model: nn.Module, input_shape: tuple[int, ...], rt: Runtime) -> None:

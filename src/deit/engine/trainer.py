@@ -23,7 +23,7 @@ from ..faults import fault_point
 from ..finetune import apply as apply_finetune, prepare as prepare_finetune
 from ..losses import LossOutput
 from .budget import BudgetPlan, Pace, calibration_steps, plan_schedule, steady_step_s
-from .compile import compile_student
+from .compile import Compiled, compile_student
 from .evaluate import evaluate, predict
 from .optim import build_optimizer, lr_at, scaled_lr
 from .run_dir import STATE, RunWriter, read_log
@@ -131,7 +131,7 @@ class Trainer:
         d = self.train_data  # the step's module compiled (--compile); self.model stays plain for everything else
         student = compile_student(self._wrap_for_ranks(self.model), self.model, c, rt,
                                   (micro_batch(c, rt.world_size), d.in_chans, *d.img_size))
-        self.compiled = student is not self.model and not isinstance(student, nn.parallel.DistributedDataParallel)
+        self.compiled = isinstance(student, Compiled)
         self.task = DistillationTask(student, self.teacher, build_criterion(c), mixup)
 
         shard = dict(device=rt.device, num_workers=c.num_workers, world_size=rt.world_size, rank=rt.rank)
