@@ -32,9 +32,11 @@ def test_pipeline_trains_teacher_none_and_token_and_reuses_them(tmp_path, fmnist
     assert all(f"| {r['prediction']} | {r['top1']:.2f} |" in table for r in first["rows"])
     assert f"**Gain of the distillation token: {first['gain']:+.2f} points**" in table
     # The two students differ only in the token and its teacher: same images (canvas, subset), recipe and seed.
-    none, token = (json.loads((base / name / "config.json").read_text())["train"] for name in ("none", "token"))
-    differing = {k for k in none if none[k] != token[k]}
+    none_run, token_run = (json.loads((base / name / "config.json").read_text()) for name in ("none", "token"))
+    none, token = none_run["train"], token_run["train"]
+    differing = {k for k in none if none[k] != token[k]} - {"compile"}  # auto for one, its decision for the other
     assert differing == {"model", "teacher", "distillation", "output"}, differing
+    assert none_run["compiled"] == token_run["compiled"] and token["compile"] != "auto"
     assert (token["teacher"], token["distillation"], none["canvas"], none["train_subset"]) == \
            (str(base / "teacher"), "hard", 40, 256)
     capsys.readouterr()

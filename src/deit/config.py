@@ -110,6 +110,9 @@ class TrainConfig:
     seed: int = _f(0, "random seed")
     deterministic: bool = _f(False, "deterministic algorithms (bitwise-reproducible runs)")
     threads: Optional[int] = _f(None, "CPU threads for torch (default: torch's choice)", execution=True)
+    compile: str = _f("auto", "compile the student's training step with torch.compile (inductor): on | off | auto "
+                              "(compile a ViT's bf16 step on a CPU when this step was compiled here before, or the "
+                              "time budget repays a first compile; deit.engine.compile)", execution=True)
     eval_every: int = _f(1, "evaluate every N epochs (and always at the end)")
     eval_batch_size: int = _f(512, "evaluation batch size", execution=True)
     save_every_minutes: float = _f(5.0, "also save the training state mid-epoch this often", execution=True)
@@ -149,6 +152,7 @@ class TrainConfig:
              f"--teacher {self.teacher} is unused with --distillation none: add --distillation hard (or soft)"),
             (self.precision in ("auto", "bf16", "fp16", "fp32"),
              f"precision must be auto, bf16, fp16 or fp32, got {self.precision!r}"),
+            (self.compile in ("auto", "on", "off"), f"compile must be auto, on or off, got {self.compile!r}"),
             (self.train_subset is None or self.train_subset > 0, "train_subset must be > 0"),
             (self.stop_signal in (None, "USR1", "USR2"),
              f"stop_signal must be USR1, USR2 or none, got {self.stop_signal!r}"),

@@ -136,10 +136,15 @@ def run_pipeline(output: str | Path = "runs/pipeline", minutes: float | None = 2
                       f"gets {MIN_RUN_S} s and the pipeline will run over (give more --minutes)", flush=True)
                 budget_s = MIN_RUN_S
             config = config.replace(time_budget_minutes=budget_s / 60)
-        if name == "token" and "none" in metrics and config.precision == "auto":
+        if name == "token" and "none" in metrics:
             # Both students in one precision (the probe, run per model, may choose apart: a noisy machine, or the
-            # teacher's forward in the token student's step): they differ only in the token and its teacher.
-            config = config.replace(precision=read_run_config(configs["none"].output)["precision"])
+            # teacher's forward in the token student's step) and both compiled or neither (--compile auto decides
+            # per step): they differ only in the token and its teacher.
+            none_run = read_run_config(configs["none"].output)
+            if config.precision == "auto":
+                config = config.replace(precision=none_run["precision"])
+            if config.compile == "auto":
+                config = config.replace(compile="on" if none_run.get("compiled") else "off")
         metrics[name] = fit_or_reuse(config).metrics
         # where the minutes went (this call's: a reused run takes none)
         timing[name] = {"start_s": now - started, "budget_s": budget_s, "wall_s": time.monotonic() - now}

@@ -23,6 +23,9 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--compile", dest="student_compile", default=None, choices=["auto", "on", "off"],
+                   help="the students' --compile (deit train --help); auto compiles them where this machine compiled "
+                        "their steps before, the token student as the undistilled one")
     p.add_argument("--teacher-model", default=None, help="teacher architecture (default: resnet8_tiny)")
     p.add_argument("--teacher-epochs", type=int, default=None, help="a fixed length instead of its share of minutes")
     p.add_argument("--student-epochs", type=int, default=None, help="the same, for every student")

@@ -24,6 +24,7 @@ from ..finetune import apply as apply_finetune, prepare as prepare_finetune
 from ..losses import LossOutput
 from .budget import calibration_steps
 from .budget_control import BudgetControl, estimate_eval_s
+from .compile import Compiled, compile_student
 from .evaluate import evaluate, predict
 from .optim import build_optimizer, lr_at, scaled_lr
 from .run_dir import STATE, RunWriter, read_log
@@ -128,7 +129,11 @@ class Trainer:
 
             self.ema = ModelEmaV3(self.model, decay=c.ema_decay)
         mixup = SeededMixup(c, self.train_data.num_classes, rt.rank) if c.mixing else None
-        self.task = DistillationTask(self._wrap_for_ranks(self.model), self.teacher, build_criterion(c), mixup)
+        d = self.train_data  # the step's module compiled (--compile); self.model stays plain for everything else
+        student = compile_student(self._wrap_for_ranks(self.model), self.model, c, rt,
+                                  (micro_batch(c, rt.world_size), d.in_chans, *d.img_size))
+        self.compiled = isinstance(student, Compiled)
+        self.task = DistillationTask(student, self.teacher, build_criterion(c), mixup)
 
         shard = dict(device=rt.device, num_workers=c.num_workers, world_size=rt.world_size, rank=rt.rank)
         self.train_loader = make_loader(self.train_data, per_rank_batch(c, rt.world_size), train=True,
@@ -239,6 +244,7 @@ class Trainer:
             **({"finetune": self.finetune_info} if self.finetune_info else {}),
             "precision": self.rt.precision,
             "precision_probe": self.precision_probe.to_dict() if self.precision_probe else None,
+            "compiled": self.compiled,  # what --compile decided (auto: deit.engine.compile)
             "device": str(self.rt.device),
             "world_size": self.rt.world_size,
             "steps_per_epoch": self.steps_per_epoch,
