@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -66,6 +67,8 @@ def compile_student(student: nn.Module, model: nn.Module, config: TrainConfig, r
         if config.compile == "auto" and "--compile on" in reason:
             rt.print(f"compile {reason}")
         return student
+    # inductor imports torch's C++-extension helper, which warns on a CPU-only machine that no CUDA runtime is found
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     start = time.perf_counter()
     try:
         compiled = Compiled(student)
