@@ -2,6 +2,7 @@
 weights, resumes exactly; a failing compiler falls back to eager; auto compiles only where it was measured to pay."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -41,6 +42,8 @@ def run_config(tmp_path, name, fmnist_dir, **overrides):
     return preset_config("fmnist-cpu", **{**base, **overrides})
 
 
+@pytest.mark.skipif(shutil.which(torch._inductor.config.cpp.cxx[-1] or "g++") is None,
+                    reason="inductor needs a C++ compiler (g++) on PATH")
 def test_compiled_run_trains_as_eager_saves_plain_weights_and_resumes(tmp_path, fmnist_dir, small_val, one_block,
                                                                        cache, capfd):
     eager = fit(run_config(tmp_path, "eager", fmnist_dir, compile="off"))
