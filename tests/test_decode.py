@@ -18,6 +18,7 @@ from deit.data.augment import erase_box, erase_rectangles_
 from deit.data.folder import EncodedImage, _jpeg_scale, decode_image
 from deit.data.transforms import DecodeRandomResizedCrop, DecodeResizeCenterCrop, train_transform
 from deit.data import AugmentConfig
+from conftest import ks_statistic
 
 PHOTO = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"  # a real photograph, 512 x 600
 
@@ -28,14 +29,6 @@ def photo_jpeg(tmp_path_factory):
     path = tmp_path_factory.mktemp("photo") / "photo.jpg"
     Image.open(PHOTO).convert("RGB").resize((1200, 1400), Image.BICUBIC).save(path, quality=90)
     return path
-
-
-def _ks(a, b) -> float:
-    """Two-sample Kolmogorov-Smirnov statistic."""
-    a, b = np.sort(a), np.sort(b)
-    grid = np.concatenate([a, b])
-    cdf_a, cdf_b = np.searchsorted(a, grid, "right") / len(a), np.searchsorted(b, grid, "right") / len(b)
-    return float(np.max(np.abs(cdf_a - cdf_b)))
 
 
 def test_crop_boxes_are_distributed_as_torchvisions(photo_jpeg):
@@ -55,8 +48,8 @@ def test_crop_boxes_are_distributed_as_torchvisions(photo_jpeg):
     reference = np.stack([left, top, left + w, top + h], 1)
     critical = 1.95 * math.sqrt(2 / n)  # KS at alpha = 0.001
     for k in range(4):
-        assert _ks(ours[:, k], reference[:, k]) < critical
-    assert _ks(wrong[:, 2] - wrong[:, 0], reference[:, 2] - reference[:, 0]) > critical  # the test can fail
+        assert ks_statistic(ours[:, k], reference[:, k]) < critical
+    assert ks_statistic(wrong[:, 2] - wrong[:, 0], reference[:, 2] - reference[:, 0]) > critical  # the test can fail
 
 
 def _record_ops(transform, log):

@@ -17,6 +17,7 @@ pytest.importorskip("cv2")
 from deit.data import AugmentConfig, build_randaugment  # noqa: E402
 from deit.data import warp  # noqa: E402
 from deit.data.transforms import train_transform  # noqa: E402
+from conftest import ks_statistic  # noqa: E402
 
 PHOTO = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"  # a real photograph, 512 x 600
 FILL = (124, 116, 104)  # ImageNet's mean, as build_randaugment gives it
@@ -131,13 +132,6 @@ def _draws(transform, seeds, image, apply=True):
     return log
 
 
-def _ks(a, b) -> float:
-    a, b = np.sort(a), np.sort(b)
-    grid = np.concatenate([a, b])
-    cdf_a, cdf_b = np.searchsorted(a, grid, "right") / len(a), np.searchsorted(b, grid, "right") / len(b)
-    return float(np.max(np.abs(cdf_a - cdf_b)))
-
-
 def test_ops_are_drawn_as_timms_randaugment():
     """3000 images through ours (OpenCV ops): every op as often as timm's RandAugment applies it (two slots an image,
     each op 1/15 of the slots, applied with p = 0.5: chi-square over the 15 ops and "skipped", alpha = 0.001), and
@@ -163,6 +157,6 @@ def test_ops_are_drawn_as_timms_randaugment():
     for name in GEOMETRIC:
         a, b, c = args(ours, name), args(timm_draws, name), args(lower, name)
         critical = 1.95 * math.sqrt(1 / len(a) + 1 / len(b))  # KS at alpha = 0.001
-        assert _ks(a, b) < critical, name
-        assert _ks(np.abs(a), np.abs(c)) > critical, name  # the test can fail: m8 instead of m9
+        assert ks_statistic(a, b) < critical, name
+        assert ks_statistic(np.abs(a), np.abs(c)) > critical, name  # the test can fail: m8 instead of m9
         assert 0.3 < (a > 0).mean() < 0.7  # both signs
