@@ -71,3 +71,21 @@ def write_text(path: str | Path, text: str) -> Path:
 
 def write_json(path: str | Path, data) -> Path:
     return write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_machine_cache(path: Path) -> dict:
+    """A per-machine JSON cache of measurements (~/.cache/deit/*.json): {} when absent or unreadable (a cache
+    that cannot be read is measured again, never an error)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def update_machine_cache(path: Path, key: str, value) -> None:
+    """One entry of such a cache set, best effort: a cache that cannot be written costs a measurement next time."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, {**read_machine_cache(path), key: value})
+    except OSError:
+        pass

@@ -8,8 +8,6 @@ fails falls back to eager with one line on stderr."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import sys
 import time
@@ -20,6 +18,7 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
+from ..fileio import read_machine_cache, update_machine_cache
 from ..safe_read import first_line
 from .precision import precision_name, probe_key
 from .runtime import Runtime
@@ -47,7 +46,7 @@ def decide(config: TrainConfig, rt: Runtime, key: str) -> tuple[bool, str]:
         return config.compile == "on", f"--compile {config.compile}"
     if rt.device.type != "cpu" or rt.amp_dtype != torch.bfloat16 or rt.distributed or model_family(config.model) != "vit":
         return False, "auto: measured to pay only for a ViT trained in bf16 on a CPU in one process"
-    cached = _read_cache().get(key)
+    cached = read_machine_cache(COMPILE_CACHE).get(key)
     if cached is not None and Path(cached["cache_dir"]).is_dir():
         return True, f"auto: this step compiled before here ({cached['seconds']:.0f} s the last time)"
     budget_s = (config.time_budget_minutes or 0) * 60
@@ -121,14 +120,5 @@ def _warm_up(compiled: nn.Module, model: nn.Module, input_shape: tuple[int, ...]
 def _remember(key: str, seconds: float) -> None:
     from torch._inductor.runtime.runtime_utils import cache_dir
 
-    from ..fileio import write_json
+    update_machine_cache(COMPILE_CACHE, key, {"seconds": round(seconds, 1), "cache_dir": cache_dir()})
 
-    with contextlib.suppress(OSError):
-        COMPILE_CACHE.parent.mkdir(parents=True, exist_ok=True)
-        write_json(COMPILE_CACHE, {**_read_cache(), key: {"seconds": round(seconds, 1), "cache_dir": cache_dir()}})
-
-
-def _read_cache() -> dict:
-    with contextlib.suppress(OSError, ValueError):
-        return json.loads(COMPILE_CACHE.read_text())
-    return {}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import statistics
 import time
 from dataclasses import dataclass
@@ -102,10 +101,10 @@ def probe_training_precision(model: nn.Module, input_shape: tuple[int, ...], mod
     clearly faster (1.5x) that decides it; otherwise it measures at the run's batch (up to 64) for about
     `budget_s`. Cached per machine, torch version, threads and step shape (PROBE_CACHE). Weights, buffers and
     the RNG are untouched."""
-    from ..fileio import write_json
+    from ..fileio import read_machine_cache, update_machine_cache
 
     key = probe_key(model_name, input_shape)
-    if use_cache and key in (cache := _read_cache()):
+    if use_cache and key in (cache := read_machine_cache(PROBE_CACHE)):
         seconds = cache[key]
         return PrecisionProbe(min(seconds, key=seconds.get), seconds, cached=True)
     device = next(model.parameters()).device
@@ -118,9 +117,7 @@ def probe_training_precision(model: nn.Module, input_shape: tuple[int, ...], mod
             seconds = _time_steps(clone, (min(64, input_shape[0]), *input_shape[1:]), device, 2, budget_s)
     finally:
         torch.set_rng_state(cpu_rng)  # stochastic depth drew from it: a probed run and a cached one stay equal
-    with contextlib.suppress(OSError):
-        PROBE_CACHE.parent.mkdir(parents=True, exist_ok=True)
-        write_json(PROBE_CACHE, {**_read_cache(), key: seconds})
+    update_machine_cache(PROBE_CACHE, key, seconds)
     return PrecisionProbe(min(seconds, key=seconds.get), seconds)
 
 
@@ -152,8 +149,3 @@ def _time_steps(model: nn.Module, shape: tuple[int, ...], device: torch.device, 
             times[name].append(step(name))
     return {name: statistics.median(t) for name, t in times.items()}
 
-
-def _read_cache() -> dict:
-    with contextlib.suppress(OSError, ValueError):
-        return json.loads(PROBE_CACHE.read_text())
-    return {}
