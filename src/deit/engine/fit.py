@@ -8,14 +8,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
-import time
 from pathlib import Path
 
 from ..config import TrainConfig
 from ..fileio import check_writable
-from .run_dir import METRICS, STATE, STOPS, RunLock, RunWriter, default_output, load_state, read_log, read_run_config
-from .runtime import STOP_EXIT_CODE, Runtime, launched_ranks, requeue_slurm_job, setup_runtime, stop_on_signals
+from .run_dir import METRICS, STATE, RunLock, default_output, load_state, read_run_config
+from .runtime import STOP_EXIT_CODE, Runtime, launched_ranks, setup_runtime, stop_on_signals
+from .stopping import record_stop, stop_record
 from .tracking import open_trackers
 from .trainer import RunResult, Trainer, check_config
 
@@ -101,7 +100,7 @@ def fit(config: TrainConfig | None, resume: str | Path | None = None,
         # The Trainer (and DDP's hold on the process group) is gone: every process leaves together.
         rt.close(wait_for_all=True)
         if stop is not None and rt.is_main:
-            _record_stop(config, run_dir, stop)
+            record_stop(config, run_dir, stop)
     return result
 
 
@@ -130,34 +129,7 @@ def _train(config: TrainConfig, run_dir: Path, rt: Runtime, resuming: bool,
             trainer.reporter.finish(run_dir, trainer.step, rt.device)
     if not result.stopped_by:
         return result, None
-    import signal
-
-    saved_at = time.time()
-    epoch, batch = divmod(trainer.step, trainer.steps_per_epoch)
-    if batch == 0 and epoch > 0:  # stopped after an epoch's last step: saved as the end of that epoch's batches
-        epoch, batch = epoch - 1, trainer.steps_per_epoch
-    signalled = rt.stop_signal_time  # this process's signal (another process may have had it)
-    return result, {
-        "signal": signal.Signals(result.stopped_by).name, "epoch": epoch + 1, "batch": batch,
-        "steps_per_epoch": trainer.steps_per_epoch, "step": trainer.step,
-        "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "signal_time": signalled,
-        "signal_to_saved_s": round(saved_at - signalled, 3) if signalled else None,
-        "host": socket.gethostname(), "pid": os.getpid(),
-        "restart": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)), "requeued": False,
-    }
-
-
-def _record_stop(config: TrainConfig, run_dir: Path, stop: dict) -> None:
-    """Say where the run stopped, requeue the SLURM job when asked, and record both in stops.jsonl."""
-    note = ""
-    if config.requeue_on_signal:
-        requeued_before = sum(1 for r in read_log(run_dir, STOPS) if r.get("requeued"))
-        stop["requeued"], note = requeue_slurm_job(requeued_before, config.max_requeues)
-        note = f"; {note}"
-    RunWriter(run_dir).stop(stop)
-    after = f" {stop['signal_to_saved_s']:.1f} s after the signal" if stop["signal_to_saved_s"] is not None else ""
-    print(f"deit train: stopped by {stop['signal']} at epoch {stop['epoch']}, batch {stop['batch']} of "
-          f"{stop['steps_per_epoch']} (step {stop['step']}); state saved{after} -> {run_dir}{note}", flush=True)
+    return result, stop_record(rt, result.stopped_by, trainer.step, trainer.steps_per_epoch)
 
 
 def fit_or_reuse(config: TrainConfig) -> RunResult:

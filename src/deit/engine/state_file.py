@@ -1,4 +1,5 @@
-"""state.pt, the resumable training state, in a form that loads without running code.
+"""state.pt, the resumable training state, in a form that loads without running code; and each process's part of
+it (RNG, the epoch's sums so far), taken back under the same or another world size.
 
 torch.load(weights_only=True) takes tensors, dicts, lists, tuples, numbers, strings and None, and nothing else.
 The state's model/optimizer/scaler/EMA state dicts are already such; the RNG states are not (numpy's holds an
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from ..safe_read import first_line, pickled_global, refuse_code
+from .runtime import Runtime, rng_state, set_rng_state
 
 FORMAT = 2  # 1: written by plain torch.save of the raw RNG states (no "format" key)
 REQUIRED = ("model", "optimizer", "scaler", "epoch", "batch", "step", "best_top1", "epoch_sums", "rng")
@@ -78,6 +80,36 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return torch.from_numpy(value.copy())
     return value
+
+
+# --------------------------------------------------------------------------------------------- each process's part
+def process_parts(rt: Runtime, epoch_sums: dict) -> dict:
+    """The state's entries of the processes: rank 0's RNG and, under several processes, each one's RNG and sums
+    of the epoch so far (gathered: every process calls this at the same step)."""
+    return {
+        "rng": rng_state(), "world_size": rt.world_size,
+        "rng_by_rank": rt.gather_objects(rng_state()) if rt.distributed else None,
+        # Each process's sums of the epoch so far: its losses are its own share of the batches.
+        "epoch_sums_by_rank": rt.gather_objects(epoch_sums) if rt.distributed else None,
+    }
+
+
+def restore_process_parts(state: dict, rt: Runtime) -> dict:
+    """This process's RNG taken back from `state`; returns its sums of the epoch so far."""
+    epoch_sums = state["epoch_sums"]
+    by_rank = state.get("rng_by_rank")
+    if by_rank and len(by_rank) == rt.world_size:  # same world size: each process continues its own
+        set_rng_state(by_rank[rt.rank])
+    elif rt.rank == 0:  # another world size: rank 0 continues, the others keep their fresh seeds
+        set_rng_state(state["rng"])
+    sums = state.get("epoch_sums_by_rank")
+    if sums and len(sums) == rt.world_size:
+        epoch_sums = sums[rt.rank]
+    elif sums:  # another world size: rank 0 takes every saved process's losses, so the epoch's mean stays whole
+        summed = {k: sum(s.get(k, 0) for s in sums) if rt.rank == 0 else 0
+                  for k in ("loss", "base", "distill", "n", "images")}
+        epoch_sums = {**sums[0], **summed}
+    return epoch_sums
 
 
 # --------------------------------------------------------------------------------------------- the file

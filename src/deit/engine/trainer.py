@@ -28,7 +28,9 @@ from .compile import Compiled, compile_student
 from .evaluate import evaluate, predict
 from .optim import build_optimizer, lr_at, scaled_lr
 from .run_dir import STATE, RunWriter, read_log
-from .runtime import Runtime, rng_state, seed_everything, set_rng_state
+from .runtime import Runtime, seed_everything
+from .state_file import process_parts, restore_process_parts
+from .stopping import StopControl, check_finite
 from .tracking import Reporter, check_trackers
 from .task import DistillationTask, SeededMixup, build_criterion
 
@@ -146,13 +148,13 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * c.epochs  # a time budget replaces it after calibration
         self.warmup_steps = int(round(c.warmup_epochs * self.steps_per_epoch))
         self.budget = BudgetControl(c, rt, self.writer, self.steps_per_epoch, self.started)
+        self.stopping = StopControl(c, rt)
         self.peak_lr = scaled_lr(c)
         # position and running results
         self.epoch, self.batch, self.step, self.best_top1 = 0, 0, 0, -1.0
         self.epoch_sums: dict[str, float] = {}
         self.teacher_val_logits: Optional[torch.Tensor] = None
         self.metrics: dict[str, Any] = {}
-        self.stopped_by = 0  # the stop signal that ended training early (state saved)
 
     @property
     def num_epochs(self) -> int:
@@ -256,10 +258,7 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None,
             "epoch": epoch, "batch": batch, "step": self.step, "best_top1": self.best_top1,
-            "epoch_sums": self.epoch_sums, "rng": rng_state(), "world_size": self.rt.world_size,
-            "rng_by_rank": self.rt.gather_objects(rng_state()) if self.rt.distributed else None,
-            # Each process's sums of the epoch so far: its losses are its own share of the batches.
-            "epoch_sums_by_rank": self.rt.gather_objects(self.epoch_sums) if self.rt.distributed else None,
+            "epoch_sums": self.epoch_sums, **process_parts(self.rt, self.epoch_sums),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -274,19 +273,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
-        self.best_top1, self.epoch_sums = state["best_top1"], state["epoch_sums"]
-        by_rank = state.get("rng_by_rank")
-        if by_rank and len(by_rank) == self.rt.world_size:  # same world size: each process continues its own
-            set_rng_state(by_rank[self.rt.rank])
-        elif self.rt.rank == 0:  # another world size: rank 0 continues, the others keep their fresh seeds
-            set_rng_state(state["rng"])
-        sums = state.get("epoch_sums_by_rank")
-        if sums and len(sums) == self.rt.world_size:
-            self.epoch_sums = sums[self.rt.rank]
-        elif sums:  # another world size: rank 0 takes every saved process's losses, so the epoch's mean stays whole
-            summed = {k: sum(s.get(k, 0) for s in sums) if self.rt.rank == 0 else 0
-                      for k in ("loss", "base", "distill", "n", "images")}
-            self.epoch_sums = {**sums[0], **summed}
+        self.best_top1, self.epoch_sums = state["best_top1"], restore_process_parts(state, self.rt)
 
     def save(self, epoch: int, batch: int) -> None:
         """The resumable state after `batch` batches of `epoch` (called on every process at the same step)."""
@@ -295,13 +282,7 @@ class Trainer:
         self.reporter.saved(self.step)
 
     def check_finite(self) -> None:
-        """NaN or inf weights (or EMA weights) never overwrite a good checkpoint: the run stops, the last good
-        one in place. The same on every process: the weights are equal across ranks."""
-        for label, module in (("weights", self.model), ("EMA weights", self.ema.module if self.ema else None)):
-            tensors = [t for t in (module.state_dict().values() if module is not None else ()) if t.is_floating_point()]
-            if tensors and not torch.stack([torch.isfinite(t).all() for t in tensors]).all():
-                raise FloatingPointError(f"the {label} are not finite at step {self.step}; nothing saved, "
-                                         f"{self.run_dir} keeps the last good checkpoint")
+        check_finite(self.model, self.ema.module if self.ema else None, self.step, self.run_dir)
 
     # ------------------------------------------------------------------------------------------ steps
     def lr(self, step: int) -> float:
@@ -383,7 +364,7 @@ class Trainer:
             grads[0].view(-1)[0] = float("inf")
         return nn.utils.get_total_norm(grads)
 
-    def train_epoch(self, epoch: int, first_batch: int, stop_after_steps: Optional[int]) -> bool:
+    def train_epoch(self, epoch: int, first_batch: int) -> bool:
         """Batches first_batch.. of `epoch`; True when stopped early (stop_after_steps, or a stop signal), saved."""
         from tqdm import tqdm
 
@@ -397,7 +378,7 @@ class Trainer:
         bar = tqdm(total=self.steps_per_epoch, initial=first_batch, desc=f"epoch {epoch + 1}/{self.num_epochs}",
                    disable=not (c.progress and self.rt.is_main), dynamic_ncols=True, leave=False)
         batches = iter(self.train_loader.iterate(first_batch))
-        last_save = time.monotonic()
+        self.stopping.restart_clock()
         batch_index = first_batch
         try:
             # A budgeted schedule may end inside an epoch (and is fixed during the first one).
@@ -425,18 +406,7 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.3f}", lr=f"{self.lr(self.step - 1):.2e}",
                                 ims=f"{len(x) / (t2 - t0):.0f}")
-                if stop_after_steps is not None and self.step >= stop_after_steps:
-                    self.save(epoch, batch_index)
-                    return True
-                # One all-reduce at the step boundary: a save due by the main process's clock, and a stop asked by a
-                # signal on any process (its number), so that every process saves (and stops) at the same step.
-                save_due, stop = self.rt.all_reduce([self.rt.is_main and time.monotonic() - last_save >
-                                                     c.save_every_minutes * 60, self.rt.stop_signal], op="max")
-                if save_due or stop:
-                    self.save(epoch, batch_index)
-                    last_save = time.monotonic()
-                if stop:
-                    self.stopped_by = int(stop)
+                if self.stopping.at_step(self.step, save=lambda: self.save(epoch, batch_index)):
                     return True
         finally:
             bar.close()
@@ -503,6 +473,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ the run
     def fit(self, stop_after_steps: Optional[int] = None) -> RunResult:
         c = self.config
+        self.stopping.stop_after_steps = stop_after_steps
         num_params = sum(p.numel() for p in self.model.parameters())
         self.rt.print(f"deit train: {c.model} ({num_params:,} params) on {c.data} ({len(self.train_data):,} train / "
                       f"{len(self.val_data):,} val), {self._length()}, "
@@ -510,8 +481,8 @@ class Trainer:
         epoch, first_batch = self.epoch, self.batch
         while epoch < self.num_epochs:  # a time budget sets num_epochs during the first epoch, then each epoch
             pace, started, steps = self.budget.pace, time.monotonic(), self.step
-            if self.train_epoch(epoch, first_batch, stop_after_steps):
-                return RunResult(self.run_dir, {}, stopped_by=self.stopped_by)
+            if self.train_epoch(epoch, first_batch):
+                return RunResult(self.run_dir, {}, stopped_by=self.stopping.stopped_by)
             self.budget.epoch_eval_s = 0.0
             self.end_epoch(epoch)
             if pace is not None and epoch + 1 < self.num_epochs:  # not the calibration's epoch (start-up costs)
