@@ -15,7 +15,7 @@ from deit.config import preset_config
 from deit.data import load_split
 from deit.engine import evaluate_run, fit
 from deit.engine.runtime import seed_everything
-from deit.engine.trainer import model_overrides
+from deit.engine.run_setup import model_overrides
 from deit.models import create_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

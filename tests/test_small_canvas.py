@@ -15,7 +15,7 @@ from deit.config import TrainConfig, preset_config
 from deit.data import ImageData, load_split
 from deit.data.canvas import canvas_positions, place_on_canvas
 from deit.data.subsets import stratified_subset
-from deit.engine.trainer import epoch_checkpoint
+from deit.engine.run_dir import epoch_checkpoint
 from deit.reproduce import (STUDIES, StudyRun, closest_checkpoint, matched_teacher, render_tables, row_config, run_study,
                             selected_runs, target_lines, train_command)
 from deit.teacher import load_teacher

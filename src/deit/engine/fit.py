@@ -16,7 +16,8 @@ from .run_dir import METRICS, STATE, RunLock, default_output, load_state, read_r
 from .runtime import STOP_EXIT_CODE, Runtime, launched_ranks, setup_runtime, stop_on_signals
 from .stopping import record_stop, stop_record
 from .tracking import open_trackers
-from .trainer import RunResult, Trainer, check_config
+from .run_setup import check_config
+from .trainer import RunResult, Trainer
 
 
 def _run_dir(config: TrainConfig | None, resume) -> Path:

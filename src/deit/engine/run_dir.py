@@ -35,6 +35,12 @@ TIMM_SUMMARY_COLUMNS = ("epoch", "train_loss", "eval_loss", "eval_top1", "eval_t
 STOPS, LOCK = "stops.jsonl", ".lock"
 
 
+def epoch_checkpoint(epoch: int) -> str:
+    """Where --keep-checkpoints puts the weights after `epoch` (counted from 1), relative to the run directory."""
+    return f"checkpoints/epoch-{epoch:03d}.safetensors"
+
+
+
 def default_output(config: TrainConfig) -> Path:
     return Path("runs") / f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}"
 

@@ -34,7 +34,7 @@ def matched_teacher(row: Row, runs_dir: Path, target_top1: float | None = None) 
     row.teacher_checkpoint ("matched:<row>"; `target_top1` if given, else read from its run):
     {"epoch", "top1", "weights", "target", "target_top1"}."""
     from ..engine.run_dir import read_log
-    from ..engine.trainer import epoch_checkpoint
+    from ..engine.run_dir import epoch_checkpoint
 
     kind, _, target = (row.teacher_checkpoint or "").partition(":")
     if kind != "matched" or not target:
