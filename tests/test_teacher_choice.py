@@ -17,8 +17,6 @@ from deit.reproduce import (STUDIES, StudyRun, closest_teacher, holdout_split, p
 from deit.reproduce.estimate import measure_run_seconds, run_steps
 from deit.reproduce.paired import t_two_sided_probability
 
-from conftest import first_test_images
-
 STUDY = "fmnist-teacher-choice"
 
 
@@ -116,13 +114,12 @@ def test_the_small_canvas_runs_with_unchanged_settings_count():
                         "token-vit-teacher-s0", "token-vit-teacher-s1"]
 
 
-def test_teacher_choice_at_toy_scale(tmp_path, fmnist_dir, monkeypatch, capsys):
-    """Four convnet teachers and the transformer teacher trained (80 images, 1 epoch of 4 steps), each evaluated on
-    the held-out split (100 images) and the test set (its first 100 images); the matched convnet chosen by the
-    held-out split, its student trained from it; --plan then names the choice and a second call trains nothing."""
-    first_test_images(monkeypatch, 100)
-    monkeypatch.setitem(STUDIES, STUDY, teacher_choice_study(seeds=(0,), holdout=(100, 0)))
-    toy = dict(data_dir=fmnist_dir, train_subset=80, epochs=1, batch_size=20, warmup_epochs=0.1, progress=False,
+def test_teacher_choice_at_toy_scale(tmp_path, fmnist_dir, monkeypatch, capsys, small_val):
+    """Four convnet teachers and the transformer teacher trained (200 images, 1 epoch), each evaluated on the
+    held-out split and the test set; the matched convnet chosen by the held-out split, its student trained from it;
+    --plan then names the choice and a second call trains nothing."""
+    monkeypatch.setitem(STUDIES, STUDY, teacher_choice_study(seeds=(0,), holdout=(300, 0)))
+    toy = dict(data_dir=fmnist_dir, train_subset=200, epochs=1, batch_size=50, warmup_epochs=0.1, progress=False,
                threads=2, precision="fp32")
     out, runs = tmp_path / "results", tmp_path / "runs"
     results = run_study(STUDY, output=out, runs_dir=runs, rows=["token-cnn-matched"], **toy)
@@ -130,7 +127,7 @@ def test_teacher_choice_at_toy_scale(tmp_path, fmnist_dir, monkeypatch, capsys):
     records = saved["records"]
     teachers = ("teacher-cnn", "teacher-cnn-micro", "teacher-cnn-nano", "teacher-cnn-pico", "none")
     holdout = {key: records[f"{key}-s0"]["holdout"] for key in teachers}
-    assert all(h["images"] == 100 and h["seed"] == 0 and 0 <= h["top1"] <= 100 for h in holdout.values())
+    assert all(h["images"] == 300 and h["seed"] == 0 and 0 <= h["top1"] <= 100 for h in holdout.values())
     assert all("top1" in records[f"{key}-s0"]["metrics"] for key in teachers)  # the test top-1 beside it
     matched = saved["matched"]["token-cnn-matched"]
     accuracies = {key: holdout[key]["top1"] for key in teachers[:4]}
@@ -141,7 +138,7 @@ def test_teacher_choice_at_toy_scale(tmp_path, fmnist_dir, monkeypatch, capsys):
     assert results["rows"]["token-cnn-matched"]["seeds"] == [0]
     # every run's steps as the estimate counts them
     teacher_config = preset_config("cnn-small", **json.loads((runs / "teacher-cnn-s0" / "config.json").read_text())["train"])
-    assert records["teacher-cnn-s0"]["metrics"]["steps"] == run_steps(teacher_config, 80)[0] == 4
+    assert records["teacher-cnn-s0"]["metrics"]["steps"] == run_steps(teacher_config, 200)[0] == 4
     readme = (out / "README.md").read_text()
     assert "held-out top-1" in readme and f"**{matched['teacher']}**" in readme and "Not yet decidable" in readme
     capsys.readouterr()
