@@ -8,11 +8,55 @@ import torch
 FMNIST_DIR = Path(os.environ.get("DEIT_FMNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def parse_installed_fashion_mnist_once():
+    """The installed Fashion-MNIST files are read-only: each is decompressed and parsed once a session (by the real
+    reader, deit.data.builtin.read_idx), not once per run (~0.3 s a training run). Other files (the tests' own,
+    corrupt or truncated ones) are read every time."""
+    import functools
+
+    import deit.data.builtin
+
+    read_idx = deit.data.builtin.read_idx
+    cached = functools.lru_cache(maxsize=8)(lambda path, magic, stamp: read_idx(path, magic))
+
+    def read(path, expected_magic):
+        path = Path(path)
+        if path.parent != FMNIST_DIR:
+            return read_idx(path, expected_magic)
+        stat = path.stat()
+        return cached(path, expected_magic, (stat.st_size, stat.st_mtime_ns))  # a read-only array: never changed
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(deit.data.builtin, "read_idx", read)
+        yield
+
+
 @pytest.fixture(scope="session")
 def fmnist_dir() -> str:
     if not (FMNIST_DIR / "train-images-idx3-ubyte.gz").exists():
         pytest.skip(f"Fashion-MNIST not installed in {FMNIST_DIR} (apt-get install dataset-fashion-mnist)")
     return str(FMNIST_DIR)
+
+
+def write_fashion_mnist(folder: Path, test_images: int) -> str:
+    """A Fashion-MNIST data dir for subprocess runs (which parse their files anew): the installed training split whole
+    (a run's --train-subset is drawn from all of it) and the first `test_images` test images, as uncompressed IDX
+    files (read without decompressing 30 MB in every process)."""
+    import struct
+
+    import numpy as np
+
+    from deit.data.builtin import FASHION_MNIST_FILES, read_idx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, keep in (("train", None), ("val", test_images)):
+        for stem in FASHION_MNIST_FILES[split]:
+            magic = 2051 if "images" in stem else 2049
+            array = np.ascontiguousarray(read_idx(FMNIST_DIR / f"{stem}.gz", magic)[:keep])
+            header = struct.pack(f">I{array.ndim}I", magic, *array.shape)
+            (folder / stem).write_bytes(header + array.tobytes())
+    return str(folder)
 
 
 def perturb_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -39,14 +83,19 @@ def make_run_dir(model: torch.nn.Module, run_dir: Path, classes: list[str], mean
     return run_dir
 
 
-@pytest.fixture
-def small_val(monkeypatch):
-    """Toy scale: runs evaluate on the first 500 test images (all 10,000 would dominate these tests)."""
+def first_test_images(monkeypatch, count: int) -> None:
+    """Runs in this process evaluate on the first `count` test images (all 10,000 would dominate toy-scale tests)."""
     import deit.data
 
     full_split = deit.data.load_split
     monkeypatch.setattr(deit.data, "load_split", lambda config, split, **kw: (
-        full_split(config, split, **kw) if split == "train" else full_split(config, split, **kw).subset(range(500))))
+        full_split(config, split, **kw) if split == "train" else full_split(config, split, **kw).subset(range(count))))
+
+
+@pytest.fixture
+def small_val(monkeypatch):
+    """Toy scale: runs evaluate on the first 500 test images."""
+    first_test_images(monkeypatch, 500)
 
 
 def use_offline_hub_cache(monkeypatch, cache: Path) -> Path:

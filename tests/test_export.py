@@ -61,23 +61,23 @@ def test_convnet_teacher_exports_at_its_training_size(tmp_path):
     torch.testing.assert_close(torch.from_numpy(run_onnx(result.path, pixels)[0]), want, atol=1e-4, rtol=1e-4)
 
 
-def test_raw_pixel_graph_scores_what_deit_eval_scores(tmp_path, fmnist_dir):
+def test_raw_pixel_graph_scores_what_deit_eval_scores(tmp_path, fmnist_dir, small_val):
     # A real (seconds-long) run; its ONNX graph fed the raw test images must classify them exactly as
-    # training's own evaluation does through the data loader's normalisation.
+    # training's own evaluation does through the data loader's normalisation (both on the first 500 test images).
     config = preset_config("fmnist-cpu", epochs=1, batch_size=100, train_subset=2000, warmup_epochs=0.2,
                            eval_every=100, progress=False, threads=2, precision="fp32", mixup=0.0, cutmix=0.0,
                            output=str(tmp_path / "run"), data_dir=fmnist_dir)
-    trained = fit(config)  # its metrics: the final weights on the test set, through the data loader
+    trained = fit(config)  # its metrics: the final weights on the test images, through the data loader
     result = export_onnx(trained.output, tmp_path / "student.onnx", raw_pixels=True)
     meta = metadata(result.path)
     assert json.loads(meta["deit.classes"])[9] == "Ankle boot" and meta["deit.normalisation"] == "the training run's"
-    val = load_data("fashion-mnist", "val", data_dir=fmnist_dir)
-    logits = np.concatenate([run_onnx(result.path, val.images[i:i + 2500], ["logits"])[0]
-                             for i in range(0, len(val), 2500)])
+    val = load_data("fashion-mnist", "val", data_dir=fmnist_dir).subset(range(500))
+    (logits,) = run_onnx(result.path, val.images, ["logits"])
     onnx_top1 = 100.0 * float((torch.from_numpy(logits).argmax(1) == val.labels).float().mean())
     eval_top1 = trained.metrics["top1"]
+    assert trained.metrics["num_images"] == len(val)
     assert onnx_top1 > 40.0  # chance is 10 %
-    assert abs(onnx_top1 - eval_top1) <= 0.02, (onnx_top1, eval_top1)  # at most 2 of 10,000 images flip on ties
+    assert abs(onnx_top1 - eval_top1) <= 0.4, (onnx_top1, eval_top1)  # at most 2 of the 500 images flip on ties
 
 
 def test_bad_requests_fail_before_writing(tmp_path, capsys, monkeypatch):

@@ -14,6 +14,8 @@ from deit.pipeline import FINAL_RESERVE_S, FULL_SHARES, SMALL_SHARES, pipeline_c
 from deit.reproduce import (STUDIES, encode_predictions, plot_study, render_tables, row_config, run_study,
                             train_command)
 
+from conftest import first_test_images
+
 
 def test_pipeline_trains_teacher_none_and_token_and_reuses_them(tmp_path, fmnist_dir, capsys, small_val):
     options = dict(data_dir=fmnist_dir, train_subset=256, teacher_epochs=1, student_epochs=1,
@@ -52,12 +54,12 @@ def test_pipeline_trains_teacher_none_and_token_and_reuses_them(tmp_path, fmnist
 def test_pipeline_minutes_size_every_schedule_to_its_share(tmp_path, fmnist_dir, small_val, monkeypatch):
     # No wall-clock assertion (shared machines); what is checked: each run calibrated its schedule against its
     # share of what was left of the budget and ended where its schedule did; the table says how many epochs each got.
-    # Half a minute and small steps (batch 16: calibration is 8 steps at least) keep the suite's time; the floor
-    # lowered from MIN_RUN_S to 2 s so that the shares, not the floor, size the runs (2 min proved nothing more).
+    # 20 s and small steps (batch 16: calibration is 8 steps at least) keep the suite's time; the floor lowered
+    # from MIN_RUN_S to 2 s so that the shares, not the floor, size the runs (2 min proved nothing more).
     import deit.pipeline
 
     monkeypatch.setattr(deit.pipeline, "MIN_RUN_S", 2)
-    minutes = 0.5
+    minutes = 1 / 3
     options = dict(data_dir=fmnist_dir, train_subset=64, batch_size=16, progress=False, threads=2, precision="fp32")
     result = run_pipeline(tmp_path / "p", minutes=minutes, **options)
     base = tmp_path / "p" / "small-s0"
@@ -110,10 +112,12 @@ def test_reproduce_commands_rebuild_the_same_configs(study, tmp_path):
         assert config_from_args(args).replace(progress=True) == config.replace(progress=True), command
 
 
-def test_reproduce_writes_tables_plot_and_commands_and_reuses_runs(tmp_path, fmnist_dir, capsys, small_val):
-    """The whole fmnist-cpu study at toy scale (200 training images, one epoch per run): every row of
-    Tables 2-4 is filled from real runs, commands.txt lists each run once, and a second call trains nothing."""
-    toy = dict(data_dir=fmnist_dir, train_subset=200, epochs=1, batch_size=50, warmup_epochs=0.1,
+def test_reproduce_writes_tables_plot_and_commands_and_reuses_runs(tmp_path, fmnist_dir, capsys, monkeypatch):
+    """The whole fmnist-cpu study at toy scale (80 training images, one epoch of 4 steps per run, evaluated on 100
+    test images): every row of Tables 2-4 is filled from real runs, commands.txt lists each run once, and a second
+    call trains nothing."""
+    first_test_images(monkeypatch, 100)
+    toy = dict(data_dir=fmnist_dir, train_subset=80, epochs=1, batch_size=20, warmup_epochs=0.1,
                progress=False, threads=2, precision="fp32")
     out, runs = tmp_path / "results", tmp_path / "runs"
     first = run_study("fmnist-cpu", output=out, runs_dir=runs, **toy)

@@ -20,6 +20,8 @@ from deit.reproduce import (STUDIES, StudyRun, closest_checkpoint, matched_teach
                             selected_runs, target_lines, train_command)
 from deit.teacher import load_teacher
 
+from conftest import first_test_images
+
 STUDY = "fmnist-small-canvas"
 
 
@@ -241,10 +243,12 @@ def test_merge_takes_the_runs_recorded_elsewhere_that_this_study_lacks(tmp_path,
         state.merge(tmp_path / "other.json")
 
 
-def test_small_canvas_study_end_to_end_at_toy_scale(tmp_path, fmnist_dir, capsys, small_val):
-    """Every row trained (100 images, 2 epochs of 2 steps), the teacher of matched accuracy picked from the convnet's kept
-    checkpoints (each loads as a teacher by architecture name), Tables 2-4, the token cosine and the targets written; a second call trains nothing."""
-    toy = dict(data_dir=fmnist_dir, train_subset=100, epochs=2, batch_size=50, warmup_epochs=0.1,
+def test_small_canvas_study_end_to_end_at_toy_scale(tmp_path, fmnist_dir, capsys, monkeypatch):
+    """Every row trained (40 images, 2 epochs of 2 steps; evaluated on 100 test images), the teacher of matched
+    accuracy picked from the convnet's kept checkpoints (each loads as a teacher by architecture name), Tables 2-4,
+    the token cosine and the targets written; a second call trains nothing."""
+    first_test_images(monkeypatch, 100)
+    toy = dict(data_dir=fmnist_dir, train_subset=40, epochs=2, batch_size=20, warmup_epochs=0.1,
                progress=False, threads=2, precision="fp32")
     out, runs = tmp_path / "results", tmp_path / "runs"
     study = STUDIES[STUDY]
