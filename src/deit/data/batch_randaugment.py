@@ -310,12 +310,26 @@ def _affine_groups(x: np.ndarray, rows: np.ndarray, matrices: np.ndarray, fills:
 
 
 def _cubic(v1, v2, v3, v4, d):
-    """Geometry.c's BICUBIC macro, operation for operation in double precision."""
-    p1 = v2
-    p2 = -v1 + v3
-    p3 = 2 * (v1 - v2) + v3 - v4
-    p4 = -v1 + v2 - v3 + v4
-    return p1 + d * (p2 + d * (p3 + d * p4))
+    """Geometry.c's BICUBIC macro, operation for operation in double precision (-v1 + v3 is v3 - v1 exactly)."""
+    p2 = v3 - v1
+    p3 = 2 * (v1 - v2)
+    p3 += v3
+    p3 -= v4
+    p4 = v2 - v1
+    p4 -= v3
+    p4 += v4
+    p4 *= d
+    p4 += p3
+    p4 *= d
+    p4 += p2
+    p4 *= d
+    p4 += v2
+    return p4
+
+
+def _edge(size: int) -> np.ndarray:
+    """Indices of a row (or column) of `size` pixels padded by 2 repeated pixels on each side."""
+    return np.clip(np.arange(-2, size + 2), 0, size - 1)
 
 
 def _affine_bicubic(x: np.ndarray, matrices: np.ndarray, fill: np.ndarray) -> np.ndarray:
@@ -323,27 +337,31 @@ def _affine_bicubic(x: np.ndarray, matrices: np.ndarray, fill: np.ndarray) -> np
     pixel (x, y) samples the input at matrix (x + 0.5, y + 0.5); source points outside the image keep the fill; else
     a 4x4 cubic (a = -1, taps clamped to the image) along rows then columns, clipped and truncated."""
     n, channels, height, width = x.shape
-    a = matrices[:, :, None, None]
+    a = matrices.T[:, :, None, None]  # [6, n, 1, 1]
     xin = np.arange(width, dtype=np.float64) + 0.5
     yin = (np.arange(height, dtype=np.float64) + 0.5)[:, None]
-    xs = a[:, 0] * xin + a[:, 1] * yin + a[:, 2]  # [n, H, W], Geometry.c's affine_transform
-    ys = a[:, 3] * xin + a[:, 4] * yin + a[:, 5]
+    xs = a[0] * xin + a[1] * yin + a[2]  # [n, H, W], Geometry.c's affine_transform
+    ys = a[3] * xin + a[4] * yin + a[5]
     inside = (xs >= 0) & (xs < width) & (ys >= 0) & (ys < height)
-    xs, ys = xs - 0.5, ys - 0.5
+    xs -= 0.5
+    ys -= 0.5
     x0, y0 = np.floor(xs), np.floor(ys)
-    dx, dy = xs - x0, ys - y0
-    # A shear or translation along x samples whole rows (dy == 0: the cubic along y returns its tap 1, exactly),
-    # one along y whole columns: only those taps are gathered.
+    dx, dy = (xs - x0)[..., None], (ys - y0)[..., None]  # [n, H, W, 1]: the same for every channel
+    # A shear or translation along x samples whole rows (dy == 0: the cubic along y returns its tap 1, exactly), one
+    # along y whole columns: only those taps are gathered.
     row_taps = [0] if not dy.any() else [-1, 0, 1, 2]
     col_taps = [0] if not dx.any() else [-1, 0, 1, 2]
-    cols = np.clip(x0.astype(np.intp) + np.array(col_taps)[:, None, None, None], 0, width - 1)  # [taps, n, H, W]
-    rows = np.clip(y0.astype(np.intp) + np.array(row_taps)[:, None, None, None], 0, height - 1) * width
-    planes = (np.arange(n)[:, None] * channels + np.arange(channels)) * (height * width)  # [n, C]
-    pixel = (rows[:, None] + cols[None]).reshape(len(row_taps), len(col_taps), n, 1, height * width) + planes[..., None]
-    v = np.take(x, pixel).astype(np.float64)  # [row taps, col taps, n, C, H*W]: each tap one contiguous array
-    across = v[:, 0] if len(col_taps) == 1 else _cubic(v[:, 0], v[:, 1], v[:, 2], v[:, 3], dx.reshape(n, 1, -1))
-    out = across[0] if len(row_taps) == 1 else _cubic(across[0], across[1], across[2], across[3],
-                                                      dy.reshape(n, 1, -1))
-    out = out.reshape(x.shape)
-    out = np.clip(out, 0, 255).astype(np.uint8)
-    return np.where(inside[:, None], out, fill[:, :, None, None])
+    # The taps read the image padded by 2 repeated pixels (PIL clamps them to the image); outside points (filled
+    # later) are clamped first so that their taps stay in the padding.
+    padded = x.transpose(0, 2, 3, 1)[:, _edge(height)][:, :, _edge(width)]  # [n, H + 4, W + 4, C]
+    corner = np.minimum(np.maximum(y0.astype(np.intp), -1), height - 1) + (np.arange(n) * (height + 4) + 2)[:, None, None]
+    corner *= width + 4
+    corner += np.minimum(np.maximum(x0.astype(np.intp), -1), width - 1) + 2
+    offsets = (np.array(row_taps)[:, None] * (width + 4) + np.array(col_taps)).reshape(len(row_taps), len(col_taps), 1, 1, 1)
+    v = np.take(padded.reshape(-1, channels), corner + offsets, axis=0).astype(np.float64)  # [rows, cols, n, H, W, C]
+    across = v[:, 0] if len(col_taps) == 1 else _cubic(v[:, 0], v[:, 1], v[:, 2], v[:, 3], dx)
+    out = across[0] if len(row_taps) == 1 else _cubic(across[0], across[1], across[2], across[3], dy)
+    np.maximum(out, 0, out=out)
+    np.minimum(out, 255, out=out)
+    out = np.where(inside[..., None], out.astype(np.uint8), fill[:, None, None, :])
+    return out.transpose(0, 3, 1, 2)
