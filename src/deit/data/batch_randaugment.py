@@ -15,6 +15,7 @@ with PIL on real images. On a batch of 64 gray 40-px crops this is ~1 ms where P
 from __future__ import annotations
 
 import copy
+import functools
 import random
 
 import numpy as np
@@ -131,10 +132,9 @@ class BatchRandAugment:
             elif kind == "sharpness":
                 x[rows] = _blend(_smooth(x[rows]), x[rows], _factors(args))
         if point_rows:
-            luts = np.concatenate(luts)  # [n, C, 256]
-            pixels = x[point_rows].reshape(len(point_rows), channels, -1)
-            x[point_rows] = np.take_along_axis(luts, pixels.astype(np.intp), axis=2).reshape(
-                len(point_rows), channels, height, width)
+            n = len(point_rows)
+            planes = (np.arange(n * channels) * 256).reshape(n, channels, 1, 1)  # table of each image and channel
+            x[point_rows] = np.take(np.concatenate(luts), x[point_rows] + planes)
         if affine_rows:
             _affine_groups(x, np.array(affine_rows), np.array(matrices, dtype=np.float64),
                            np.array(fills, dtype=np.uint8))
@@ -169,8 +169,10 @@ def _blend(degenerate: np.ndarray, image: np.ndarray, alpha: np.ndarray) -> np.n
     """Image.blend(degenerate, image, alpha): Blend.c's float32 in1 + alpha * (in2 - in1), clipped to [0, 255] and
     truncated (its 0 and 1 shortcuts give the same values)."""
     in1 = degenerate.astype(np.float32)
-    out = in1 + alpha * (image.astype(np.float32) - in1)
-    return np.clip(out, 0, 255).astype(np.uint8)
+    out = alpha * (image.astype(np.float32) - in1)
+    out += in1
+    np.maximum(out, 0, out=out)
+    return np.minimum(out, 255, out=out).astype(np.uint8)
 
 
 def _histograms(x: np.ndarray) -> np.ndarray:
@@ -187,58 +189,64 @@ def _gray(x: np.ndarray) -> np.ndarray:
     return ((x[:, 0] * 19595 + x[:, 1] * 38470 + x[:, 2] * 7471 + 0x8000) >> 16).astype(np.uint8)[:, None]
 
 
+_VALUES = np.arange(256)
+
+
+@functools.lru_cache(maxsize=1024)
+def _fixed_lut(kind: str, args: tuple) -> np.ndarray:
+    """The table of an op that depends on its arguments only (ImageOps' own list comprehensions, as uint8)."""
+    v = _VALUES
+    if kind == "invert":
+        lut = 255 - v
+    elif kind == "posterize":  # deit's _posterize_any_bits: 0 bits is black, 8 or more the image
+        bits = args[0]
+        lut = v if bits >= 8 else np.zeros(256, np.int64) if bits <= 0 else v & ~(2 ** (8 - bits) - 1)
+    elif kind == "solarize":
+        lut = np.where(v < args[0], v, 255 - v)
+    else:  # solarize_add(add, thresh=128)
+        thresh = args[1] if len(args) > 1 else 128
+        lut = np.where(v < thresh, np.minimum(255, v + args[0]), v)
+    lut = lut.astype(np.uint8)
+    lut.flags.writeable = False
+    return lut
+
+
 def _point_luts(kind: str, x: np.ndarray, args: list) -> np.ndarray:
     """uint8 [n, C, 256] tables: the op of each image as a function of the pixel value (ImageOps / ImageEnhance)."""
     n, channels = x.shape[:2]
-    values = np.arange(256)
-    if kind in ("autocontrast", "equalize"):
-        return (_autocontrast_luts if kind == "autocontrast" else _equalize_luts)(_histograms(x))
-    if kind == "invert":
-        luts = np.broadcast_to(255 - values, (n, 256))
-    elif kind == "posterize":
-        bits = np.array([a[0] for a in args])[:, None]
-        mask = ~(2 ** (8 - np.clip(bits, 1, 8)) - 1) & 0xFF
-        luts = np.where(bits >= 8, values, np.where(bits <= 0, 0, values & mask))
-    elif kind == "solarize":
-        thresh = np.array([a[0] for a in args])[:, None]
-        luts = np.where(values < thresh, values, 255 - values)
-    elif kind == "solarize_add":
-        add = np.array([a[0] for a in args])[:, None]
-        thresh = np.array([a[1] if len(a) > 1 else 128 for a in args])[:, None]
-        luts = np.where(values < thresh, np.minimum(255, values + add), values)
+    if kind in ("invert", "posterize", "solarize", "solarize_add"):
+        luts = np.stack([_fixed_lut(kind, tuple(a)) for a in args])
+    elif kind == "autocontrast":
+        return _autocontrast_luts(x)
+    elif kind == "equalize":
+        return _equalize_luts(_histograms(x))
     elif kind == "brightness":  # blend(black, image, f)
-        luts = _blend(np.zeros((n, 1, 1, 256), np.uint8), np.broadcast_to(values, (n, 1, 1, 256)),
-                      _factors(args))[:, 0, 0]
+        luts = _blend(np.zeros(256, np.uint8), _VALUES, _factors(args)[:, 0, 0])
     elif kind == "contrast":  # blend(the gray mean, image, f); the mean of convert("L"), rounded as ImageStat's
         gray = x if channels == 1 else _gray(x)
-        hist = _histograms(gray)[:, 0]
-        mean = ((hist * values).sum(1) / hist.sum(1) + 0.5).astype(np.int64)
-        luts = _blend(np.broadcast_to(mean[:, None, None, None], (n, 1, 1, 256)),
-                      np.broadcast_to(values, (n, 1, 1, 256)), _factors(args))[:, 0, 0]
+        mean = (gray.reshape(n, -1).sum(1, dtype=np.int64) / gray[0].size + 0.5).astype(np.int64)
+        luts = _blend(mean[:, None], _VALUES, _factors(args)[:, 0, 0])
     else:
         raise ValueError(f"not a point op: {kind}")
-    return np.ascontiguousarray(np.broadcast_to(np.asarray(luts, dtype=np.uint8)[:, None], (n, channels, 256)))
+    return luts[:, None] if channels == 1 else np.repeat(luts[:, None], channels, axis=1)
 
 
-def _autocontrast_luts(hist: np.ndarray) -> np.ndarray:
+def _autocontrast_luts(x: np.ndarray) -> np.ndarray:
     """ImageOps.autocontrast (no cutoff): per band, stretch [lowest, highest] present value to [0, 255] with
     int(ix * scale + offset) in double precision; a band of one value stays."""
-    present = hist > 0
-    lo = present.argmax(-1)
-    hi = 255 - present[..., ::-1].argmax(-1)
+    flat = x.reshape(*x.shape[:2], -1)
+    lo, hi = flat.min(-1).astype(np.int64), flat.max(-1).astype(np.int64)
     stretch = hi > lo
     scale = 255.0 / np.where(stretch, hi - lo, 1)
     offset = -lo * scale
-    values = np.arange(256)
-    luts = np.clip((values * scale[..., None] + offset[..., None]).astype(np.int64), 0, 255)
-    return np.where(stretch[..., None], luts, values).astype(np.uint8)
+    luts = np.clip((_VALUES * scale[..., None] + offset[..., None]).astype(np.int64), 0, 255)
+    return np.where(stretch[..., None], luts, _VALUES).astype(np.uint8)
 
 
 def _equalize_luts(hist: np.ndarray) -> np.ndarray:
     """ImageOps.equalize: per band, step = (pixels - count of the highest present value) // 255 and
     lut[i] = (step // 2 + pixels below i) // step, clipped to 255 as Image.point does; fewer than two present values
     or step 0: unchanged."""
-    values = np.arange(256)
     present = hist > 0
     last = 255 - present[..., ::-1].argmax(-1)
     step = (hist.sum(-1) - np.take_along_axis(hist, last[..., None], -1)[..., 0]) // 255
@@ -246,7 +254,7 @@ def _equalize_luts(hist: np.ndarray) -> np.ndarray:
     safe = np.where(keep, 1, step)[..., None]
     below = np.cumsum(hist, -1) - hist
     luts = np.minimum((safe // 2 + below) // safe, 255)
-    return np.where(keep[..., None], values, luts).astype(np.uint8)
+    return np.where(keep[..., None], _VALUES, luts).astype(np.uint8)
 
 
 def _color_rgb(x: np.ndarray, alpha: np.ndarray) -> np.ndarray:
