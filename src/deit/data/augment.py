@@ -172,14 +172,12 @@ def random_erase_(x: torch.Tensor, probability: float, generator, min_area: floa
     w = torch.sqrt(target_area / aspect).round().long()
     found, h, w = _first_valid((w < width) & (h < height), h, w)
     top, left = _randint_inclusive(height - h, generator), _randint_inclusive(width - w, generator)
-    erase = chosen & found
-    if erase.any():
-        rows, cols = torch.arange(height), torch.arange(width)
-        inside = ((rows >= top[:, None]) & (rows < (top + h)[:, None]))[:, :, None] & \
-                 ((cols >= left[:, None]) & (cols < (left + w)[:, None]))[:, None, :]
-        selected = x[erase]
-        noise = torch.randn(selected.shape, generator=generator, dtype=x.dtype)
-        x[erase] = torch.where(inside[erase][:, None], noise, selected)
+    erased = (chosen & found).nonzero().flatten()
+    if len(erased):  # one draw of whole images of noise for the erased ones, each keeping its rectangle
+        noise = torch.randn((len(erased), channels, height, width), generator=generator, dtype=x.dtype)
+        boxes = torch.stack([erased, top[erased], left[erased], h[erased], w[erased]], 1).tolist()
+        for j, (i, t, l, hh, ww) in enumerate(boxes):
+            x[i, :, t:t + hh, l:l + ww] = noise[j, :, t:t + hh, l:l + ww]
     return x
 
 
