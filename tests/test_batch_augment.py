@@ -91,6 +91,21 @@ def test_op_choices_are_timms_draws():
     assert np.array_equal(np.random.randint(0, 15, size=(64, 2)), per_image) and np.random.random() == after
 
 
+def test_random_resampling_filters_are_drawn_as_timm_draws_them(gray):
+    """timm's default for geometric ops is a random choice of bilinear or bicubic per use (a python-random draw):
+    drawn in the same order, the bilinear ones through PIL, the bicubic ones here."""
+    from timm.data import auto_augment as aa
+
+    transform = aa.rand_augment_transform("rand-m9-mstd0.5", {"img_mean": 73, "translate_const": 18})
+    for op in transform.ops:
+        if op.aug_fn is aa.posterize:  # as build_randaugment does (Pillow 13 raises on 0 bits)
+            op.aug_fn = augment._posterize_any_bits
+    assert isinstance(transform.ops[3].kwargs["resample"], tuple)
+    for seed in range(4):
+        images = gray.images[seed * 64:(seed + 1) * 64]
+        assert torch.equal(BatchRandAugment(transform)(images, seed), randaugment_batch(images, transform, seed))
+
+
 def test_unknown_ops_keep_the_per_image_path(gray):
     """An op that may draw while it changes the image (timm's random blur) is not recorded: the builder keeps PIL."""
     from timm.data.auto_augment import rand_augment_transform

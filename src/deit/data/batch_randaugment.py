@@ -101,25 +101,20 @@ class BatchRandAugment:
     def _apply_layer(self, x: np.ndarray, choices: list[int], records: list) -> np.ndarray:
         _, channels, height, width = x.shape
         point_rows, luts, affine_rows, matrices, fills = [], [], [], [], []
-        groups: dict[str, list[int]] = {}
+        groups: dict[int, list[int]] = {}  # op index -> the images that apply it
         for i, (o, record) in enumerate(zip(choices, records)):
             if record is not None:
                 groups.setdefault(o, []).append(i)
         for o, rows in groups.items():
             kind, args = self.kinds[o], [records[i][0] for i in rows]
-            kwargs = records[rows[0]][1]
             if kind in self.point:
                 point_rows += rows
                 luts.append(_point_luts(kind, x[rows], args))
             elif kind in self.geometric:
-                from PIL import Image
-
-                if kwargs.get("resample") != Image.BICUBIC:  # only bicubic is reproduced here: PIL's own
-                    self._pil(x, rows, o, args, records)
-                    continue
                 for i, a in zip(rows, args):
                     matrix = _affine_matrix(kind, a[0], width, height)
-                    if matrix is None:  # a rotation by a multiple of 90 degrees: PIL's transpose paths
+                    # only bicubic is reproduced here, and not the transposes PIL rotates by 90 degrees with
+                    if matrix is None or records[i][1].get("resample") != _bicubic():
                         self._pil(x, [i], o, [a], records)
                     else:
                         affine_rows.append(i)
@@ -149,6 +144,13 @@ class BatchRandAugment:
             img = Image.fromarray(x[i, 0] if x.shape[1] == 1 else x[i].transpose(1, 2, 0))
             out = np.asarray(op.aug_fn(img, *a, **records[i][1]))
             x[i] = out[None] if x.shape[1] == 1 else out.transpose(2, 0, 1)
+
+
+@functools.cache
+def _bicubic():
+    from PIL import Image
+
+    return Image.BICUBIC
 
 
 def _fill(fillcolor, channels: int) -> list[int]:
