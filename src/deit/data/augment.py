@@ -1,6 +1,7 @@
 """The DeiT train-time augmentations done batch-wise, in timm's order: random-resized crop (bicubic) + flip →
 RandAugment (timm, per image, PIL) → normalise → random erasing (pixel mode). Crop, flip, normalise and erasing run
-on the whole batch at once; RandAugment is the per-image cost and can move into DataLoader worker processes."""
+on the whole batch at once; RandAugment here is the per-image reference (randaugment_batch), which the in-memory
+BatchLoader replaces by deit.data.batch_randaugment (the same pixels, a batch at a time)."""
 
 from __future__ import annotations
 
