@@ -3,6 +3,7 @@ RandAugment through PIL (randaugment_batch), op by op and whole batches, on real
 photo tiles; the table of crop matrices against crop_resize_matrices; whole BatchLoader batches against the old path."""
 
 import dataclasses
+import pickle
 from pathlib import Path
 
 import matplotlib
@@ -79,6 +80,14 @@ def test_whole_batches_are_the_per_image_paths(config, gray, rgb):
         for seed in range(5):
             images = data.images[torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:64]]
             assert torch.equal(batched(images, seed), randaugment_batch(images, transform, seed)), (data.name, seed)
+
+
+def test_survives_pickling_for_worker_processes(gray):
+    """DataLoader workers started by spawn or forkserver unpickle the builder: the copy draws and applies the same."""
+    transform = build_randaugment("rand-m9-mstd0.5-inc1", gray.img_size, gray.mean)
+    copied = pickle.loads(pickle.dumps(BatchRandAugment(transform)))
+    images = gray.images[:64]
+    assert torch.equal(copied(images, 11), randaugment_batch(images, transform, 11))
 
 
 def test_op_choices_are_timms_draws():

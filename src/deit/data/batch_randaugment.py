@@ -48,19 +48,26 @@ def supports(transform) -> bool:
         all(op.aug_fn in known for op in transform.ops)
 
 
-def _recorder(op, geometric: bool):
-    """A copy of timm's AugmentOp whose aug_fn returns (args, kwargs) instead of an image: calling it on None makes
-    timm's own draws (probability, magnitude, sign) and returns None where the op is skipped. Geometric ops also
-    draw their resampling filter when given a choice (timm's _check_args_tf), so the record carries the filter."""
-    recorder = copy.copy(op)
+class _Record:
+    """The aug_fn of a recording AugmentOp (a class, not a closure, so that DataLoader workers can unpickle it):
+    returns (args, kwargs) instead of an image. Geometric ops also draw their resampling filter when given a choice
+    (timm's _check_args_tf), so the record carries the filter."""
 
-    def record(_img, *args, **kwargs):
+    def __init__(self, geometric: bool):
+        self.geometric = geometric
+
+    def __call__(self, _img, *args, **kwargs):
         resample = kwargs.get("resample")
-        if geometric and isinstance(resample, (list, tuple)):
+        if self.geometric and isinstance(resample, (list, tuple)):
             kwargs["resample"] = random.choice(resample)
         return args, kwargs
 
-    recorder.aug_fn = record
+
+def _recorder(op, geometric: bool):
+    """A copy of timm's AugmentOp that records: calling it on None makes timm's own draws (probability, magnitude,
+    sign) and returns None where the op is skipped, else (args, kwargs) of the op."""
+    recorder = copy.copy(op)
+    recorder.aug_fn = _Record(geometric)
     return recorder
 
 
