@@ -10,6 +10,7 @@ import torch
 
 from .augment import (AugmentConfig, build_randaugment, pad_random_crop, random_erase_, random_resized_crop,
                       randaugment_batch)
+from .batch_randaugment import BatchRandAugment, supports
 from .epochs import EpochLoader, init_worker
 from .folder import FolderData
 from .imagedata import ImageData
@@ -42,9 +43,11 @@ class _BatchBuilder(torch.utils.data.Dataset):
         self.eval_indices = eval_indices
         self.mean = torch.tensor(data.mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(data.std, dtype=torch.float32).view(1, -1, 1, 1)
-        self.randaugment = None
+        self.randaugment = self.batch_randaugment = None
         if augment is not None and augment.randaugment:
             self.randaugment = build_randaugment(augment.randaugment, data.img_size, data.mean)
+            if supports(self.randaugment) and data.images.shape[1] in (1, 3):  # else PIL per image (the reference)
+                self.batch_randaugment = BatchRandAugment(self.randaugment)
         self._cached_epoch, self._cached_indices = None, None
 
     def epoch_indices(self, epoch: int) -> torch.Tensor:
@@ -74,7 +77,10 @@ class _BatchBuilder(torch.utils.data.Dataset):
             images = torch.where(flip[:, None, None, None], images.flip(-1), images)
         if self.randaugment is not None:  # PIL works on uint8: quantise the (float) crop as timm's PIL crop does
             images = images.round().to(torch.uint8) if images.is_floating_point() else images
-            images = randaugment_batch(images, self.randaugment, seed)
+            if self.batch_randaugment is not None:
+                images = self.batch_randaugment(images, seed)
+            else:
+                images = randaugment_batch(images, self.randaugment, seed)
         images = self._normalise(images)
         if cfg.reprob > 0:
             random_erase_(images, cfg.reprob, generator)
