@@ -166,3 +166,24 @@ def test_plan_times_runs_by_default_from_the_command_line_only():
     parser = build_parser()
     assert parser.parse_args(["reproduce", "--preset", STUDY, "--plan"]).estimate_steps == 12
     assert parser.parse_args(["reproduce", "--preset", STUDY, "--plan", "--estimate-steps", "0"]).estimate_steps == 0
+
+
+def test_a_partial_study_shows_every_recorded_run_while_the_first_new_one_trains(tmp_path, monkeypatch):
+    """The committed records (this study's teachers, the small-canvas runs that count) are in the README before the
+    first run to train starts: a study that takes several sessions shows what it has, not only what precedes the
+    run in training."""
+    results = Path(__file__).parents[1] / "results"
+
+    def no_training(self, row, seed, settings):
+        raise RuntimeError(f"would train {row.key}-s{seed}")
+
+    monkeypatch.setattr(StudyRun, "train", no_training)
+    with pytest.raises(RuntimeError, match="would train token-cnn-matched-s0"):  # the first of the schedule
+        run_study(STUDY, output=tmp_path, runs_dir=tmp_path / "runs", device="auto", precision="fp32",
+                  merge=[results / STUDY, results / "fmnist-small-canvas"])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert {key: entry["seeds"] for key, entry in saved["rows"].items()} == {
+        "token-vit-teacher": [0, 1], "none": [0, 1], "token": [0, 1], "hard": [0, 1]}
+    assert saved["rows"]["none"]["runs"][0]["top1"] == saved["records"]["none-s0"]["metrics"]["top1"]
+    readme = (tmp_path / "README.md").read_text()
+    assert "Partial: 8 of 20" in readme and "| token (strong convnet) − no distillation | " in readme

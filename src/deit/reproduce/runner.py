@@ -237,8 +237,9 @@ class StudyRun:
         if row.teacher is not None:
             self.results["teachers"].setdefault(teacher_key(row), record["teacher"])
         entry = self.results["rows"].setdefault(row.key, {"label": row.label, "seeds": [], "runs": []})
-        entry["runs"].append(record["metrics"])
-        entry["seeds"].append(seed)
+        at = sum(s < seed for s in entry["seeds"])  # kept in seed order: recorded runs are taken in first
+        entry["runs"].insert(at, record["metrics"])
+        entry["seeds"].insert(at, seed)
 
     def write_outputs(self) -> None:
         self.results["table"] = render_tables(self.study, self.results)
@@ -296,6 +297,7 @@ def run_study(name: str, output: str | Path | None = None, runs_dir: str | Path 
     if hint:
         print(hint, flush=True)
     output.mkdir(parents=True, exist_ok=True)
+    to_train = []
     for row, seed in order:
         if row in study.teachers:
             if (row.key, seed) in chosen:  # a teacher named by --rows: trained (or found) now
@@ -311,7 +313,12 @@ def run_study(name: str, output: str | Path | None = None, runs_dir: str | Path 
                   f"({matched['target_holdout_top1']:.2f} %) on the held-out split, more than the study's "
                   f"{study.match_tolerance} (add a convnet of nearer accuracy)", flush=True)
             continue
-        if (row.key, seed) in chosen or state.reusable(row, seed) is not None:
-            state.student(row, seed)
-            state.write_outputs()
+        if state.reusable(row, seed) is not None:
+            state.student(row, seed)  # recorded: in the tables before anything trains (a study takes sessions)
+        elif (row.key, seed) in chosen:
+            to_train.append((row, seed))
+    state.write_outputs()
+    for row, seed in to_train:  # in the schedule's order
+        state.student(row, seed)
+        state.write_outputs()
     return state.results
