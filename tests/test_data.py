@@ -346,6 +346,13 @@ def test_random_erasing_statistics():
     per_image = erased.flatten(1).float().mean(1)
     assert abs((per_image > 0).float().mean().item() - 0.25) < 0.03
     area = per_image[per_image > 0]
+    # each erased region is one axis-aligned rectangle, narrower and lower than the image
+    mask = erased[per_image > 0, 0]
+    rows, cols = mask.any(2), mask.any(1)
+    assert torch.equal(mask, rows[:, :, None] & cols[:, None, :])
+    h, w = rows.sum(1).float(), cols.sum(1).float()
+    assert (h < 28).all() and (w < 28).all()
+    assert all((band.int().diff(dim=1) != 0).sum(1).le(2).all() for band in (rows, cols))  # contiguous rows, cols
     assert area.min() >= 0.015 and area.max() <= 0.36 and abs(area.mean().item() - 0.177) < 0.02
     noise = x[erased]
     assert abs(noise.mean().item()) < 0.02 and abs(noise.std().item() - 1) < 0.02
