@@ -302,6 +302,13 @@ def load_run(run_dir, weights: str = "model") -> tuple[nn.Module, dict]:
 # -------------------------------------------------------------------------------------------- resampling
 
 
+def adapt_patch_weight(weight: Tensor, in_chans: int) -> Tensor:
+    """A patch convolution's weight for another input channel count, by timm's rule (adapt_input_conv)."""
+    from timm.models import adapt_input_conv
+
+    return adapt_input_conv(in_chans, weight, base_chans=weight.shape[1])
+
+
 def resample_pos_embed(pos_embed: Tensor, new_grid, num_prefix_tokens: int, old_grid=None,
                        antialias: bool = False) -> Tensor:
     """pos_embed (B, prefix + H*W, D) for a new patch grid: prefix rows kept, the grid interpolated bicubically

@@ -25,7 +25,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import CONFIG_NAME, is_run_dir, load_state_dict, timm_layout_name
+from .checkpoint import CONFIG_NAME, adapt_patch_weight, is_run_dir, load_state_dict, timm_layout_name
 from .hub import describe, local_source
 from .safe_read import read_json
 from .hf_layout import vit_config_from_hf
@@ -154,13 +154,6 @@ def _inferred_name(source: Source) -> Optional[str]:
 
 
 # ------------------------------------------------------------------------------------------- adaptation
-
-
-def adapt_patch_weight(weight: Tensor, in_chans: int) -> Tensor:
-    """The patch convolution for another channel count, by timm's rule (adapt_input_conv)."""
-    from timm.models import adapt_input_conv
-
-    return adapt_input_conv(in_chans, weight, base_chans=weight.shape[1])
 
 
 def _adapt_pos_embed(pos: Tensor, src_prefix: int, fresh_pos: Tensor, c, path, change) -> Tensor:

@@ -15,6 +15,8 @@ from typing import Optional
 
 from torch import Tensor, nn
 
+from .checkpoint import adapt_patch_weight
+
 
 def classifier_keys(model: nn.Module) -> set[str]:
     """The state-dict keys of the model's classifier."""
@@ -41,8 +43,6 @@ def fit_by_keys(path: str, src: dict[str, Tensor], model: nn.Module, model_name:
                 other_classes: bool = False) -> tuple[dict[str, Tensor], list[dict]]:
     """The model's full state dict built from `src`, and one record per change ({"what", "action", "detail"}),
     as deit.finetune.adapt_state_dict returns them."""
-    from .finetune import adapt_patch_weight
-
     fresh, head, conv = model.state_dict(), classifier_keys(model), first_conv_key(model)
     out, changes, misfit, reinit = {}, [], [], []
     for key, value in fresh.items():
