@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The one prepared run on a CUDA GPU (the device tool's H200; issues 13 and 15), ~8 minutes:
+# The one prepared run on a CUDA GPU (the device tool's H100/H200; issues 13, 15 and 25), ~10 minutes:
 #   1. the machine (nvidia-smi, torch), 2. tests/test_cuda.py (the CUDA path against the CPU one),
-#   3. the small-canvas study's `none` and `token` rows, seed 0, on the GPU in bf16 (its convnet teacher first),
+#   3. the teacher-choice study (Table 2) on the GPU in bf16, as far as 5 minutes take it: its teachers, then the
+#      matched-convnet and transformer-teacher rows seed by seed, then none / token / hard (each run is recorded
+#      as it ends, so a study cut off by the limit still brings back every finished run),
 #   4. `deit bench` of deit_tiny/small/base_patch16_224 at batch 256, bf16, inference and training, against timm.
 # Each step has its own time limit; a step that fails or runs out is reported and the next one runs.
 #
@@ -43,7 +45,7 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else \"no CUDA device
 step cuda-tests 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py --junitxml="$OUT/pytest.xml"
 
 if [ "$SMOKE" = 1 ]; then
-    STUDY=(--plan --device cpu --precision fp32)
+    STUDY=(--plan --estimate-steps 0 --device cpu --precision fp32)
     MODELS=(deit_micro_patch4_28)
     BENCH=(--batch-size 8 --precision fp32 --device cpu --windows 2 --threads 1)
 else
@@ -52,7 +54,7 @@ else
     MODELS=(deit_tiny_patch16_224 deit_small_patch16_224 deit_base_patch16_224)
     BENCH=(--batch-size 256 --precision bf16 --device cuda --windows 3)
 fi
-step small-canvas-study 240 "$PY" -m deit reproduce --preset fmnist-small-canvas --rows none,token --seeds 0 \
+step teacher-choice-study 300 "$PY" -m deit reproduce --preset fmnist-teacher-choice \
     --data-dir "$DATA" --output "$WORK/results" --runs-dir "$WORK/runs" --no-progress "${STUDY[@]}"
 
 for model in "${MODELS[@]}"; do
