@@ -12,6 +12,10 @@ out). Run on a quiet machine, from the repository root with PYTHONPATH=src:
       torch.profiler's self CPU time per op over steps 30-50 of one run
   python scripts/pipeline_step_ab.py batch
       no training: ms to build one batch of the student's, whole and by part (median of 40 batches)
+  python scripts/pipeline_step_ab.py host [--windows 40]
+      windows of 8 compiled training steps (the same 24 batches over and over), each after probes of the machine
+      at that moment: the 2048^2 bf16 matmul peak, one of the step's GEMMs (1664 x 192 @ 192 x 576) and a 512 KB
+      copy, both at the step's threads: does the step's speed follow the machine's?
 
 The prefetch thread is a timing prototype only: its RandAugment and the training process's Mixup share numpy's
 global RNG, so its batches are not reproducible."""
@@ -160,18 +164,78 @@ def run_batch(base: Path, args) -> None:
         print(f"{name}: {ms(fn):.2f} ms a batch of {len(images)}")
 
 
+def run_host(base: Path, args) -> None:
+    import copy
+    import time
+
+    from deit.bench import count_flops
+    from deit.engine.runtime import setup_runtime
+    from deit.machine import matmul_peak_tflops
+
+    config = student_config(base, "host", 1, "off")
+    tr = trainer_module.Trainer(config, config.output, setup_runtime(config.device, config.precision, config.threads))
+    tr.model.train()
+    tr.train_loader.set_epoch(0)
+    batches = tr.train_loader.iterate(0)
+    data = [next(batches) for _ in range(24)]
+
+    def step(k: int) -> None:
+        x, y = data[k % len(data)]
+        tr.train_step(x.clone(), y.clone(), 0, 0).total.item()  # timm's Mixup mixes in place
+
+    def nominal() -> None:  # every token through every block, as deit bench counts (the step skips ~6 %)
+        model = copy.deepcopy(tr.model).train()
+        out = model.forward_head(model.forward_features(data[0][0]))
+        out.cls_logits.float().sum().backward()
+
+    flops = count_flops(nominal) / len(data[0][0])  # nominal FLOPs of one image, forward + backward
+    tr.task.student = torch.compile(tr.model, dynamic=False)  # what --compile on does (deit.engine.compile)
+
+    def seconds(fn, reps: int) -> float:
+        times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    for k in range(5):
+        step(k)
+    print(f"{flops / 1e9:.4f} GFLOP an image (forward + backward, nominal)")
+    a, b = torch.randn(1664, 192).bfloat16(), torch.randn(192, 576).bfloat16()
+    src, dst = torch.randn(2**18).bfloat16(), torch.empty(2**18, dtype=torch.bfloat16)
+    rows = []
+    for w in range(args.windows):
+        peak = matmul_peak_tflops(torch.bfloat16, torch.device("cpu"), n=2048)
+        small = 2 * 1664 * 192 * 576 / seconds(lambda: a @ b, 50) / 1e12
+        copy = 2 * src.numel() * 2 / seconds(lambda: dst.copy_(src), 200) / 1e9
+        step_s = seconds(lambda: [step(w * 8 + i) for i in range(8)], 1) / 8
+        rows.append((step_s, peak, small, copy))
+        print(f"window {w:2d}: {step_s * 1e3:5.1f} ms a step ({64 / step_s:4.0f} im/s, "
+              f"{64 / step_s * flops / 1e12 / peak * 100:4.1f} % of this window's peak {peak:.3f} TFLOP/s); "
+              f"step-shaped GEMM {small:.3f} TFLOP/s; 512 KB copy {copy:5.1f} GB/s", flush=True)
+    cut = (min(r[0] for r in rows) + max(r[0] for r in rows)) / 2  # fast and slow windows, split halfway
+    for label, group in (("fast", [r for r in rows if r[0] < cut]), ("slow", [r for r in rows if r[0] >= cut])):
+        if group:
+            med = [statistics.median(r[i] for r in group) for i in range(4)]
+            print(f"{label} windows ({len(group)}): step {med[0] * 1e3:.1f} ms ({64 / med[0] * flops / 1e12 / med[1] * 100:.1f} % "
+                  f"of the peak), peak {med[1]:.3f}, step-shaped GEMM {med[2]:.3f} TFLOP/s, copy {med[3]:.1f} GB/s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("build", "alternate", "profile", "batch"))
+    parser.add_argument("what", choices=("build", "alternate", "profile", "batch", "host"))
     parser.add_argument("--modes", default="serial,thread,worker")
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=None, help="default: 7 (build), 13 (alternate)")
     parser.add_argument("--compile", default="on", choices=("on", "off", "auto"))
+    parser.add_argument("--windows", type=int, default=40)
     args = parser.parse_args()
     args.epochs = args.epochs or (13 if args.what == "alternate" else 7)
     base = Path(tempfile.mkdtemp())
     try:
-        {"build": run_build, "alternate": run_alternate, "profile": run_profile, "batch": run_batch}[args.what](base, args)
+        {"build": run_build, "alternate": run_alternate, "profile": run_profile, "batch": run_batch,
+         "host": run_host}[args.what](base, args)
     finally:
         shutil.rmtree(base)
 
