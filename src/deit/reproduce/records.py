@@ -39,6 +39,15 @@ def settings_difference(before: str, now: str) -> str:
     return ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in settings_changes(before, now).items())
 
 
+def earlier_teacher_top1(record: dict[str, Any], teacher_top1: float | None) -> float | None:
+    """The test top-1 of the teacher a student record was distilled from, when it is not the teacher's current
+    record's (the teacher was trained again since, e.g. its weights were gone); else None."""
+    then = (record.get("teacher") or {}).get("top1")
+    if then is None or teacher_top1 is None or abs(then - teacher_top1) <= 1e-6:
+        return None
+    return then
+
+
 def encode_predictions(pred: dict[str, torch.Tensor]) -> dict[str, str]:
     """The predicted class of every image per head ("logits", "cls", "dist"), compressed for JSON."""
     return {head: base64.b64encode(zlib.compress(value.argmax(1).to(torch.int16).numpy().tobytes(), 9)).decode()

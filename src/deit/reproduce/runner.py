@@ -11,7 +11,8 @@ from typing import Any
 
 from ..config import TrainConfig, preset_config
 from ..fileio import atomic_write
-from .records import encode_predictions, fingerprint, previous_records, records_of, settings_changes, settings_difference
+from .records import (earlier_teacher_top1, encode_predictions, fingerprint, previous_records, records_of,
+                      settings_changes, settings_difference)
 from .studies import STUDIES, Row, Study, teacher_key
 from .tables import plot_study, render_tables
 from .teacher_choice import holdout_of, matched_teacher, with_matched_teacher
@@ -157,7 +158,7 @@ class StudyRun:
         if record is not None:
             gone = "" if (run_dir / "metrics.json").exists() else " (weights not in runs/: trained again if a " \
                 "student still needs them)"
-            return f"recorded: top-1 {record['metrics']['top1']:.2f} %{gone}"
+            return f"recorded: top-1 {record['metrics']['top1']:.2f} %{gone}{self.earlier_teacher(row, record)}"
         earlier = self.recorded.get(f"{row.key}-s{seed}")
         if earlier is not None:
             changed = settings_difference(earlier["fingerprint"], self.settings(row, seed))
@@ -169,6 +170,15 @@ class StudyRun:
             epochs = json.loads((run_dir / "config.json").read_text())["train"]["epochs"]
             return f"to train: resumes after epoch {max(done)} of {epochs}"
         return "to train"
+
+    def earlier_teacher(self, row: Row, record: dict[str, Any]) -> str:
+        """For --plan: a note when the student was distilled from an earlier training of its teacher ("" if not)."""
+        if row.teacher is None:
+            return ""
+        teacher = self.records.get(f"{row.teacher}-s0") or self.recorded.get(f"{row.teacher}-s0") or {}
+        then = earlier_teacher_top1(record, teacher.get("metrics", {}).get("top1"))
+        return "" if then is None else f"; taught by an earlier training of {row.teacher}-s0 (test top-1 {then:.2f} " \
+            f"%, now {teacher['metrics']['top1']:.2f} %): remove its record to train it again with the current one"
 
     def pace(self) -> str:
         """How long the recorded student runs took to train, for a user sizing the rest ("" with none recorded)."""

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .holdout import closest_teacher, holdout_top1
 from .paired import PairedDifference, paired_difference
+from .records import earlier_teacher_top1
 from .studies import Row, Study
 
 if TYPE_CHECKING:
@@ -198,8 +199,8 @@ def render_teacher_choice(study: Study, results: dict) -> list[str]:
         holdout = record.get("holdout", {}).get("top1")
         test = record.get("metrics", {}).get("top1")
         # the teacher each student was distilled from, as it recorded it: a teacher retrained since is named
-        stale = sorted({f"{r['teacher']['top1']:.2f}" for r in _records_of_row(records, row.key)
-                        if r.get("teacher") and test is not None and abs(r["teacher"].get("top1", test) - test) > 1e-6})
+        earlier = (earlier_teacher_top1(r, test) for r in _records_of_row(records, row.key))
+        stale = sorted({f"{top1:.2f}" for top1 in earlier if top1 is not None})
         note = f" (some students had an earlier training of it: test top-1 {', '.join(stale)})" if stale else ""
         lines.append(f"| {row.label} | {teacher_key}{note} | {f'{holdout:.2f}' if holdout is not None else '–'} / "
                      f"{f'{test:.2f}' if test is not None else '–'} | {_mean_std([r['top1'] for r in runs])} | "
