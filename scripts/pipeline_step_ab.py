@@ -208,12 +208,12 @@ def run_host(base: Path, args) -> None:
     for w in range(args.windows):
         peak = matmul_peak_tflops(torch.bfloat16, torch.device("cpu"), n=2048)
         small = 2 * 1664 * 192 * 576 / seconds(lambda: a @ b, 50) / 1e12
-        copy = 2 * src.numel() * 2 / seconds(lambda: dst.copy_(src), 200) / 1e9
+        copy_gbps = 2 * src.numel() * 2 / seconds(lambda: dst.copy_(src), 200) / 1e9
         step_s = seconds(lambda: [step(w * 8 + i) for i in range(8)], 1) / 8
-        rows.append((step_s, peak, small, copy))
+        rows.append((step_s, peak, small, copy_gbps))
         print(f"window {w:2d}: {step_s * 1e3:5.1f} ms a step ({64 / step_s:4.0f} im/s, "
               f"{64 / step_s * flops / 1e12 / peak * 100:4.1f} % of this window's peak {peak:.3f} TFLOP/s); "
-              f"step-shaped GEMM {small:.3f} TFLOP/s; 512 KB copy {copy:5.1f} GB/s", flush=True)
+              f"step-shaped GEMM {small:.3f} TFLOP/s; 512 KB copy {copy_gbps:5.1f} GB/s", flush=True)
     cut = (min(r[0] for r in rows) + max(r[0] for r in rows)) / 2  # fast and slow windows, split halfway
     for label, group in (("fast", [r for r in rows if r[0] < cut]), ("slow", [r for r in rows if r[0] >= cut])):
         if group:
