@@ -70,7 +70,28 @@ def teacher_disagreement_by_fraction(records: dict) -> dict[str, dict[str, float
 
 def render_tables(study: Study, results: dict) -> str:
     """The study's README from `results` (also setting its derived tables: disagreement, token cosine)."""
-    records = results.get("records", {})
+    lines = _header_lines(study, results)
+    if study.name.endswith("data-efficiency"):
+        return "\n".join(lines + _data_efficiency_lines(results)) + "\n"
+    students = " / ".join(dict.fromkeys(r.options["model"] for r in study.rows))
+    lines += ["", f"## Table 3: distillation variants (students {students})", "",
+              "| method | top-1 |", "|---|---|"]
+    variants = {r.key for r in study.rows if r.table == 3}
+    table3 = [r for r in _rows_for_table3(study, results) if r[1] in variants]
+    for label, _, values in table3:
+        lines.append(f"| {label} | {_mean_std(values)} |")
+    if study.comparisons:  # a study of paired comparisons (fmnist-teacher-choice) has tables of its own
+        from .teacher_choice import render_teacher_choice
+
+        return "\n".join(lines + render_teacher_choice(study, results)) + "\n"
+    lines += _paper_table_lines(study, results)
+    if study.targets:
+        lines += target_lines(results)
+    return "\n".join(lines) + "\n"
+
+
+def _header_lines(study: Study, results: dict) -> list[str]:
+    """Title, what the numbers are, the study's description, how far it is, and (without comparisons) its teachers."""
     seeds = ("seeds " if len(study.seeds) > 1 else "seed ") + ", ".join(str(s) for s in study.seeds)
     done = sum(len(r["runs"]) for r in results["rows"].values())
     planned = len(study.rows) * len(study.seeds)
@@ -86,36 +107,34 @@ def render_tables(study: Study, results: dict) -> str:
         lines += ["", "## Teachers", "", "| teacher | params | top-1 |", "|---|---|---|"]
         for key, t in results["teachers"].items():
             lines.append(f"| {t['label']} | {t['params']:,} | {t['top1']:.2f} |")
-    if study.name.endswith("data-efficiency"):
-        lines += ["", "## Data efficiency (every run takes the same number of optimizer steps)", "",
-                  f"Each fraction's teacher ({CNN_TEACHER}) is trained on the same subset as its students.", "",
-                  "| training data | teacher | no distillation | distillation token: class / dist / class+dist "
-                  "| token − none | teacher disagrees with none / token (% of test images) |",
-                  "|---|---|---|---|---|---|"]
-        agreement = teacher_disagreement_by_fraction(records)
-        results["teacher_disagreement"] = agreement
-        for pct, teacher, none, token in data_efficiency_points(results):
-            cells = [f"{pct} %", f"{teacher:.2f}" if teacher is not None else "",
-                     _mean_std([r["top1"] for r in none]) if none else ""]
-            cells.append(" / ".join(_mean_std([r[k] for r in token]) for k in ("top1_cls", "top1_dist", "top1"))
-                         if token else "")
-            gain = _mean_top1(token) - _mean_top1(none) if none and token else None
-            cells.append(f"{gain:+.2f}" if gain is not None else "")
-            rates = agreement.get(f"{pct}pct")
-            cells.append(f"{100 * rates['none']:.1f} / {100 * rates['token']:.1f}" if rates else "")
-            lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines) + "\n"
-    students = " / ".join(dict.fromkeys(r.options["model"] for r in study.rows))
-    lines += ["", f"## Table 3: distillation variants (students {students})", "",
-              "| method | top-1 |", "|---|---|"]
-    variants = {r.key for r in study.rows if r.table == 3}
-    table3 = [r for r in _rows_for_table3(study, results) if r[1] in variants]
-    for label, _, values in table3:
-        lines.append(f"| {label} | {_mean_std(values)} |")
-    if study.comparisons:  # a study of paired comparisons (fmnist-teacher-choice) has tables of its own
-        from .teacher_choice import render_teacher_choice
+    return lines
 
-        return "\n".join(lines + render_teacher_choice(study, results)) + "\n"
+
+def _data_efficiency_lines(results: dict) -> list[str]:
+    """fmnist-data-efficiency's one table: each training fraction's teacher, students and their disagreement."""
+    lines = ["", "## Data efficiency (every run takes the same number of optimizer steps)", "",
+             f"Each fraction's teacher ({CNN_TEACHER}) is trained on the same subset as its students.", "",
+             "| training data | teacher | no distillation | distillation token: class / dist / class+dist "
+             "| token − none | teacher disagrees with none / token (% of test images) |",
+             "|---|---|---|---|---|---|"]
+    agreement = teacher_disagreement_by_fraction(results.get("records", {}))
+    results["teacher_disagreement"] = agreement
+    for pct, teacher, none, token in data_efficiency_points(results):
+        cells = [f"{pct} %", f"{teacher:.2f}" if teacher is not None else "",
+                 _mean_std([r["top1"] for r in none]) if none else ""]
+        cells.append(" / ".join(_mean_std([r[k] for r in token]) for k in ("top1_cls", "top1_dist", "top1"))
+                     if token else "")
+        gain = _mean_top1(token) - _mean_top1(none) if none and token else None
+        cells.append(f"{gain:+.2f}" if gain is not None else "")
+        rates = agreement.get(f"{pct}pct")
+        cells.append(f"{100 * rates['none']:.1f} / {100 * rates['token']:.1f}" if rates else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _paper_table_lines(study: Study, results: dict) -> list[str]:
+    """Tables 2 and 4 of the paper and the token cosine, from the rows and seed-0 records there are."""
+    records, lines = results.get("records", {}), []
     # Every distillation-token row, each with its teacher (rows in `results` always have theirs there).
     table2 = [(results["teachers"][teacher_key(row)], results["rows"][row.key]["runs"]) for row in study.rows
               if row.teacher is not None and "distilled" in row.options.get("model", "")
@@ -138,10 +157,7 @@ def render_tables(study: Study, results: dict) -> str:
                       f"{cosine['num_images']:,} test images)", "",
                   "| " + " | ".join(cosine["layers"]) + " |", "|" + "---|" * len(cosine["layers"]),
                   "| " + " | ".join(f"{v:.2f}" for v in cosine["cosine"]) + " |"]
-    if study.targets:
-        lines += target_lines(results)
-    return "\n".join(lines) + "\n"
-
+    return lines
 
 
 def _gain(results: dict, row: str, base: str) -> tuple[float, float | None] | None:
