@@ -313,3 +313,53 @@ def test_small_canvas_study_end_to_end_at_toy_scale(tmp_path, fmnist_dir, capsys
     again, before = (r["rows"]["token-cnn-matched"]["runs"][1] for r in (third, first))
     assert [again[k] for k in heads] == [before[k] for k in heads]
     assert third["table"] == first["table"]
+
+
+def _records(state: StudyRun, runs: dict[str, float], teacher_top1: float = 88.0) -> dict[str, dict]:
+    """Records of `runs` (name -> top-1) with the study's current settings, as results.json keeps them; a
+    distilled student's record names its teacher's test top-1 when it was distilled."""
+    rows = {r.key: r for r in state.study.teachers + state.study.rows}
+    records = {}
+    for name, top1 in runs.items():
+        key, _, seed = name.rpartition("-s")
+        row = rows[key]
+        metrics = {"top1": top1, "top1_cls": top1, "top1_dist": top1} if "distilled" in row.options.get("model", "") \
+            else {"top1": top1}
+        records[name] = {"fingerprint": state.settings(row, int(seed)), "command": f"deit train {name}",
+                         "metrics": metrics, "teacher": {"label": "t", "top1": teacher_top1, "params": 1}
+                         if row.teacher else None}
+    return records
+
+
+def test_a_partial_study_shows_every_recorded_run_while_the_first_new_one_trains(tmp_path, monkeypatch):
+    """A study takes several sessions: its README shows every recorded run as soon as the call starts, not only
+    those the schedule reaches before the run it is training (none, token, then hard, soft, ...)."""
+    state = StudyRun(STUDIES[STUDY], tmp_path, tmp_path / "runs", {})
+    records = _records(state, {"teacher-cnn-s0": 88.0, "none-s0": 70.0, "token-s0": 72.0, "none-s1": 71.0,
+                               "hard-s1": 73.0})
+    (tmp_path / "results.json").write_text(json.dumps({"records": records}))
+
+    def no_training(self, row, seed, settings):
+        raise RuntimeError(f"would train {row.key}-s{seed}")
+
+    monkeypatch.setattr(StudyRun, "train", no_training)
+    with pytest.raises(RuntimeError, match="would train token-s1"):  # the first unrecorded run of the schedule
+        run_study(STUDY, output=tmp_path, runs_dir=tmp_path / "runs")
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert {key: entry["seeds"] for key, entry in saved["rows"].items()} == {"none": [0, 1], "token": [0], "hard": [1]}
+    assert [r["top1"] for r in saved["rows"]["none"]["runs"]] == [70.0, 71.0]
+    readme = (tmp_path / "README.md").read_text()
+    assert "Partial: 4 of 12" in readme and "| no distillation | 70.50 ± 0.71 |" in readme
+
+
+def test_plan_names_students_taught_by_an_earlier_training_of_their_teacher(tmp_path, capsys):
+    """A teacher trained again (its weights were gone) has a new record; the students distilled from the earlier
+    training are named by --plan, with both accuracies, so that a study can train them again."""
+    state = StudyRun(STUDIES[STUDY], tmp_path, tmp_path / "runs", {})
+    records = {**_records(state, {"teacher-cnn-s0": 88.0, "none-s0": 70.0, "token-s0": 72.0}),
+               **_records(state, {"hard-s0": 73.0}, teacher_top1=88.17)}
+    (tmp_path / "results.json").write_text(json.dumps({"records": records}))
+    plan = dict(run_study(STUDY, output=tmp_path, runs_dir=tmp_path / "runs", plan=True)["plan"])
+    assert plan["hard-s0"].endswith("taught by an earlier training of teacher-cnn-s0 (test top-1 88.17 %, now "
+                                    "88.00 %): remove its record to train it again with the current one")
+    assert "earlier" not in plan["token-s0"] and "earlier" not in plan["none-s0"]

@@ -166,34 +166,3 @@ def test_plan_times_runs_by_default_from_the_command_line_only():
     parser = build_parser()
     assert parser.parse_args(["reproduce", "--preset", STUDY, "--plan"]).estimate_steps == 12
     assert parser.parse_args(["reproduce", "--preset", STUDY, "--plan", "--estimate-steps", "0"]).estimate_steps == 0
-
-
-def test_a_partial_study_shows_every_recorded_run_while_the_first_new_one_trains(tmp_path, monkeypatch):
-    """The committed records (this study's teachers, the small-canvas runs that count) are in the README before the
-    first run to train starts: a study that takes several sessions shows what it has, not only what precedes the
-    run in training."""
-    results = Path(__file__).parents[1] / "results"
-
-    def no_training(self, row, seed, settings):
-        raise RuntimeError(f"would train {row.key}-s{seed}")
-
-    monkeypatch.setattr(StudyRun, "train", no_training)
-    with pytest.raises(RuntimeError, match="would train token-cnn-matched-s0"):  # the first of the schedule
-        run_study(STUDY, output=tmp_path, runs_dir=tmp_path / "runs", device="auto", precision="fp32",
-                  merge=[results / STUDY, results / "fmnist-small-canvas"])
-    saved = json.loads((tmp_path / "results.json").read_text())
-    assert {key: entry["seeds"] for key, entry in saved["rows"].items()} == {
-        "token-vit-teacher": [0, 1], "none": [0, 1], "token": [0, 1], "hard": [0, 1]}
-    assert saved["rows"]["none"]["runs"][0]["top1"] == saved["records"]["none-s0"]["metrics"]["top1"]
-    readme = (tmp_path / "README.md").read_text()
-    assert "Partial: 8 of 20" in readme and "| token (strong convnet) − no distillation | " in readme
-
-
-def test_plan_names_students_taught_by_an_earlier_training_of_their_teacher(tmp_path, capsys):
-    """The committed records: hard s0, s1 were distilled from resnet8_tiny as it was trained for fmnist-small-canvas
-    (88.17 %), this study's teacher-cnn-s0 is a later training (87.99 %); --plan says so, the README's Table 2 too."""
-    results = Path(__file__).parents[1] / "results"
-    out = dict(run_study(STUDY, output=tmp_path, runs_dir=tmp_path / "runs", device="auto", precision="fp32",
-                         plan=True, merge=[results / STUDY, results / "fmnist-small-canvas"])["plan"])
-    assert "taught by an earlier training of teacher-cnn-s0 (test top-1 88.17 %, now 87.99 %)" in out["hard-s0"]
-    assert "earlier training" not in out["none-s0"]
