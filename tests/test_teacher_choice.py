@@ -16,6 +16,7 @@ from deit.reproduce import (STUDIES, StudyRun, closest_teacher, holdout_split, p
                             run_study, t_quantile, teacher_choice_study)
 from deit.reproduce.estimate import measure_run_seconds, run_steps
 from deit.reproduce.paired import t_two_sided_probability
+from deit.reproduce.records import decode_classes
 
 STUDY = "fmnist-teacher-choice"
 
@@ -141,6 +142,10 @@ def test_teacher_choice_at_toy_scale(tmp_path, fmnist_dir, monkeypatch, capsys, 
     assert records["teacher-cnn-s0"]["metrics"]["steps"] == run_steps(teacher_config, 200)[0] == 4
     readme = (out / "README.md").read_text()
     assert "held-out top-1" in readme and f"**{matched['teacher']}**" in readme and "Not yet decidable" in readme
+    # the test labels, once, for the table of where the teacher is wrong (none-s0 is its undistilled student)
+    labels = decode_classes(saved["labels"]).long()  # the runs evaluate on the first 500 test images (small_val)
+    assert torch.equal(labels, load_split(teacher_config, "val").labels[:500])
+    assert saved["teacher_errors"]["token-cnn-matched"]["undistilled run"] == "none-s0"
     capsys.readouterr()
     plan = dict(run_study(STUDY, output=out, runs_dir=runs, plan=True, **toy)["plan"])
     assert plan["token-cnn-matched-s0"].startswith("recorded") and matched["teacher"] in plan["token-cnn-matched-s0"]
@@ -166,3 +171,43 @@ def test_plan_times_runs_by_default_from_the_command_line_only():
     parser = build_parser()
     assert parser.parse_args(["reproduce", "--preset", STUDY, "--plan"]).estimate_steps == 12
     assert parser.parse_args(["reproduce", "--preset", STUDY, "--plan", "--estimate-steps", "0"]).estimate_steps == 0
+
+
+def test_where_each_teacher_is_wrong_and_the_undistilled_run_beside_a_transformer_teacher():
+    """Table 4 and the teacher-error table by hand on 8 test images: the transformer teacher (none-s0) is compared
+    with the next seed of none, a convnet teacher with none-s0; the labels come from results["labels"]."""
+    from deit.reproduce.records import encode_classes
+    from deit.reproduce.teacher_choice import teacher_agreement, teacher_errors
+
+    study = STUDIES[STUDY]
+    c = lambda *v: torch.tensor(v)
+    labels = c(0, 1, 2, 3, 4, 5, 6, 7)
+    pico = c(0, 1, 2, 3, 9, 9, 8, 7)  # wrong on images 4, 5, 6
+    none0 = c(0, 1, 2, 9, 9, 5, 6, 9)  # wrong on 3, 4, 7: the transformer teacher
+    none1 = c(0, 1, 9, 9, 4, 5, 6, 7)  # repeats none-s0's wrong class on image 3 only
+    matched = {"logits": c(0, 1, 2, 3, 9, 9, 6, 1), "cls": c(0, 1, 2, 3, 9, 5, 6, 1), "dist": pico}
+    vit = {"logits": c(0, 1, 2, 9, 9, 5, 6, 7), "cls": none0, "dist": none0}
+    encode = lambda heads: {"predictions": {h: encode_classes(v) for h, v in heads.items()}, "metrics": {"top1": 50.0}}
+    results = {"labels": encode_classes(labels), "rows": {}, "teachers": {},
+               "matched": {"token-cnn-matched": {"teacher": "teacher-cnn-pico", "holdout_top1": 62.5, "gap": 0.0,
+                                                 "target": "none", "target_holdout_top1": 62.5, "tolerance": 2.0}},
+               "records": {"teacher-cnn-pico-s0": encode({"logits": pico}), "none-s0": encode({"logits": none0}),
+                           "token-cnn-matched-s0": encode(matched), "token-vit-teacher-s0": encode(vit)}}
+    agreement = teacher_agreement(study, results)
+    assert agreement["token-vit-teacher"] == {"class": 0.0, "dist": 0.0, "class+dist": 0.125}  # none-s1 not yet
+    # pico against the class head: differ on 5, 6, 7; the class+dist head: 6, 7; none-s0: 3, 5, 6, 7
+    assert agreement["token-cnn-matched"] == {"class": 0.375, "dist": 0.0, "class+dist": 0.25,
+                                              "no distillation": 0.5, "undistilled run": "none-s0"}
+    results["records"]["none-s1"] = encode({"logits": none1})
+    assert teacher_agreement(study, results)["token-vit-teacher"]["undistilled run"] == "none-s1"
+    assert teacher_agreement(study, results)["token-vit-teacher"]["no distillation"] == 0.375  # 2, 4, 7
+    errors = teacher_errors(study, results)
+    # pico wrong on 4, 5, 6: the student right on 6 only, repeats pico's class on 4 and 5; none-s0 repeats on 4
+    assert errors["token-cnn-matched"] == pytest.approx(
+        {"teacher wrong": 37.5, "top1 where teacher right": 80.0, "top1 where teacher wrong": 100 / 3,
+         "repeats": 200 / 3, "undistilled repeats": 100 / 3, "undistilled run": "none-s0"})
+    # none-s0 wrong on 3, 4, 7: the student repeats on 3 and 4, right on 7; none-s1 repeats on 3, right on 4 and 7
+    assert errors["token-vit-teacher"] == pytest.approx(
+        {"teacher wrong": 37.5, "top1 where teacher right": 100.0, "top1 where teacher wrong": 100 / 3,
+         "repeats": 200 / 3, "undistilled repeats": 100 / 3, "undistilled run": "none-s1"})
+    assert "| token-vit-teacher (none) | 37.5 | 100.0 | 33.3 | 66.7 | 33.3 (none-s1) |" in render_tables(study, results)

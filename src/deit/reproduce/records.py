@@ -48,17 +48,24 @@ def earlier_teacher_top1(record: dict[str, Any], teacher_top1: float | None) -> 
     return then
 
 
+def encode_classes(classes: torch.Tensor) -> str:
+    """One class index per image (predictions or labels), compressed for JSON."""
+    return base64.b64encode(zlib.compress(classes.to(torch.int16).numpy().tobytes(), 9)).decode()
+
+
+def decode_classes(text: str) -> torch.Tensor:
+    import numpy as np
+
+    return torch.from_numpy(np.frombuffer(zlib.decompress(base64.b64decode(text)), dtype=np.int16).copy())
+
+
 def encode_predictions(pred: dict[str, torch.Tensor]) -> dict[str, str]:
     """The predicted class of every image per head ("logits", "cls", "dist"), compressed for JSON."""
-    return {head: base64.b64encode(zlib.compress(value.argmax(1).to(torch.int16).numpy().tobytes(), 9)).decode()
-            for head, value in pred.items() if head != "targets"}
+    return {head: encode_classes(value.argmax(1)) for head, value in pred.items() if head != "targets"}
 
 
 def decode_predictions(encoded: dict[str, str]) -> dict[str, torch.Tensor]:
-    import numpy as np
-
-    return {head: torch.from_numpy(np.frombuffer(zlib.decompress(base64.b64decode(text)), dtype=np.int16).copy())
-            for head, text in encoded.items()}
+    return {head: decode_classes(text) for head, text in encoded.items()}
 
 
 def previous_records(output: Path) -> dict[str, dict[str, Any]]:

@@ -11,8 +11,8 @@ from typing import Any
 
 from ..config import TrainConfig, preset_config
 from ..fileio import atomic_write
-from .records import (earlier_teacher_top1, encode_predictions, fingerprint, previous_records, records_of,
-                      settings_changes, settings_difference)
+from .records import (earlier_teacher_top1, encode_classes, encode_predictions, fingerprint, previous_records,
+                      records_of, settings_changes, settings_difference)
 from .studies import STUDIES, Row, Study, teacher_key
 from .tables import plot_study, render_tables
 from .teacher_choice import holdout_of, matched_teacher, with_matched_teacher
@@ -101,6 +101,9 @@ class StudyRun:
         self.records: dict[str, dict[str, Any]] = {}  # this call's, in training order
         self.results: dict[str, Any] = {"teachers": {}, "rows": {}, "records": self.records, "matched": {}}
         self.rows = {r.key: r for r in study.teachers + study.rows}
+        # student rows that teach other rows (fmnist-teacher-choice's none): their predictions at every seed give the
+        # agreement tables an undistilled run beside the seed-0 one that is the teacher
+        self.teaching = {r.teacher for r in study.rows} & {r.key for r in study.rows}
 
     def settings(self, row: Row, seed: int) -> str:
         return fingerprint({**row_options(self.study, row), **self.execution}, row.teacher, row.teacher_checkpoint,
@@ -219,11 +222,11 @@ class StudyRun:
         run_dir = Path(config.output)
         record = {"fingerprint": settings, "command": train_command(config, row.preset), "metrics": result.metrics,
                   "teacher": teacher}
-        if seed == 0:  # Table 4 and the token cosine come from seed-0 runs
+        if seed == 0 or row.key in self.teaching:  # Table 4 and the token cosine come from seed-0 runs
             record["predictions"] = encode_predictions(predict_run(run_dir, **self.execution))
-            cosine = token_cosine_of_run(run_dir)
-            if cosine is not None:
-                record["token_cosine"] = cosine
+        cosine = token_cosine_of_run(run_dir) if seed == 0 else None
+        if cosine is not None:
+            record["token_cosine"] = cosine
         return record
 
     def teacher_of(self, row: Row) -> dict[str, Any]:
@@ -251,7 +254,23 @@ class StudyRun:
         entry["runs"].insert(at, record["metrics"])
         entry["seeds"].insert(at, seed)
 
+    def val_labels(self) -> None:
+        """The labels of the split runs are evaluated on, once, for tables that read predictions against them (a
+        study of paired comparisons: where each teacher is wrong)."""
+        if "labels" in self.results or not self.study.comparisons:
+            return
+        if not any("predictions" in r for r in {**self.recorded, **self.records}.values()):
+            return
+        import torch
+
+        from ..data import load_split
+
+        row = next((r for r in self.study.rows if r.teacher is None), self.study.teachers[0])
+        config = row_config(self.study, row, 0, self.runs_dir, **self.execution)
+        self.results["labels"] = encode_classes(torch.as_tensor(load_split(config, "val").labels))
+
     def write_outputs(self) -> None:
+        self.val_labels()
         self.results["table"] = render_tables(self.study, self.results)
         # records of earlier calls that this one did not reach (e.g. rows left out by --rows) are kept as they were
         kept = {**self.recorded, **self.records}

@@ -142,26 +142,80 @@ def teacher_of(study: Study, results: dict, key: str) -> str | None:
     return row.teacher or results.get("matched", {}).get(key, {}).get("teacher")
 
 
-def teacher_agreement(study: Study, results: dict) -> dict[str, dict[str, float]]:
-    """Table 4 per distilled row (seed 0): how often its teacher disagrees with the student's heads, and with the
-    undistilled student (none-s0; not for the teacher that is none-s0 itself)."""
-    from .tables import _disagreement, _predictions
+def undistilled_beside(study: Study, records: dict, teacher_key: str | None) -> tuple[str, dict] | None:
+    """The undistilled run (and its predictions) a teacher's agreement is compared with: the undistilled row's seed 0
+    (none-s0), or where that run is the teacher, its lowest other seed with recorded predictions (None if there is
+    none yet)."""
+    from .tables import _predictions
 
-    records, table = results.get("records", {}), {}
-    none = _predictions(records, "none-s0")
+    undistilled = next((r.key for r in study.rows if r.teacher is None), None)
+    for seed in study.seeds if undistilled else ():
+        name = f"{undistilled}-s{seed}"
+        if teacher_key == undistilled and seed == 0:
+            continue  # the teacher itself
+        predictions = _predictions(records, name)
+        if predictions is not None:
+            return name, predictions
+        if seed == 0:
+            return None  # every other teacher is compared with none-s0
+    return None
+
+
+def _distilled_seed0(study: Study, results: dict):
+    """(row, its teacher's key, the student's and the teacher's seed-0 predictions) of every row with a teacher,
+    where both are recorded."""
+    from .tables import _predictions
+
+    records = results.get("records", {})
     for row in study.rows:
-        if "distilled" not in row.options.get("model", ""):
-            continue
         teacher_key = teacher_of(study, results, row.key)
         student = _predictions(records, f"{row.key}-s0")
         teacher = _predictions(records, f"{teacher_key}-s0") if teacher_key else None
-        if student is None or teacher is None:
+        if student is not None and teacher is not None:
+            yield row, teacher_key, student, teacher
+
+
+def teacher_agreement(study: Study, results: dict) -> dict[str, dict[str, Any]]:
+    """Table 4 per token row (seed 0): how often its teacher disagrees with the student's heads, and with an
+    undistilled student (undistilled_beside: none-s0, or another seed where none-s0 is the teacher)."""
+    from .tables import _disagreement
+
+    table = {}
+    for row, teacher_key, student, teacher in _distilled_seed0(study, results):
+        if "dist" not in student:
             continue
-        rates = {head: _disagreement(teacher["logits"], student[name])
-                 for head, name in (("class", "cls"), ("dist", "dist"), ("class+dist", "logits"))}
-        if none is not None and teacher_key != "none":
-            rates["no distillation"] = _disagreement(teacher["logits"], none["logits"])
+        rates: dict[str, Any] = {head: _disagreement(teacher["logits"], student[name])
+                                 for head, name in (("class", "cls"), ("dist", "dist"), ("class+dist", "logits"))}
+        beside = undistilled_beside(study, results.get("records", {}), teacher_key)
+        if beside is not None:
+            rates["no distillation"] = _disagreement(teacher["logits"], beside[1]["logits"])
+            rates["undistilled run"] = beside[0]
         table[row.key] = rates
+    return table
+
+
+def teacher_errors(study: Study, results: dict) -> dict[str, dict[str, Any]]:
+    """Where each distilled row's teacher is wrong (seed 0, test labels): how often; the student's top-1 on the
+    images the teacher gets right and on those it gets wrong; how often the student, and an undistilled student
+    (undistilled_beside), give the teacher's wrong class. Whether a student takes on its teacher's mistakes."""
+    from .records import decode_classes
+
+    if "labels" not in results:
+        return {}
+    labels, table = decode_classes(results["labels"]), {}
+    for row, teacher_key, student, teacher in _distilled_seed0(study, results):
+        wrong = teacher["logits"] != labels
+        predicted = student["logits"]
+        entry: dict[str, Any] = {
+            "teacher wrong": 100 * float(wrong.float().mean()),
+            "top1 where teacher right": 100 * float((predicted == labels)[~wrong].float().mean()),
+            "top1 where teacher wrong": 100 * float((predicted == labels)[wrong].float().mean()),
+            "repeats": 100 * float((predicted == teacher["logits"])[wrong].float().mean())}
+        beside = undistilled_beside(study, results.get("records", {}), teacher_key)
+        if beside is not None:
+            entry["undistilled repeats"] = 100 * float((beside[1]["logits"] == teacher["logits"])[wrong].float().mean())
+            entry["undistilled run"] = beside[0]
+        table[row.key] = entry
     return table
 
 
@@ -222,10 +276,30 @@ def render_teacher_choice(study: Study, results: dict) -> list[str]:
     if agreement:
         heads = ("class", "dist", "class+dist", "no distillation")
         lines += ["", "## Table 4: how often each student's teacher disagrees with it (test set, seed 0)", "",
+                  "The undistilled student is none-s0, or the next seed of none where none-s0 is the teacher.", "",
                   "| row (teacher) | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
         for key, rates in agreement.items():
-            cells = [f"{rates[h]:.3f}" if h in rates else "– (is the teacher)" for h in heads]
+            cells = [f"{rates[h]:.3f}" if h in rates else "not recorded yet" for h in heads]
+            if rates.get("undistilled run", "none-s0") != "none-s0":
+                cells[-1] += f" ({rates['undistilled run']})"
             lines.append(f"| {key} ({teacher_of(study, results, key)}) | " + " | ".join(cells) + " |")
+    errors = teacher_errors(study, results)
+    results["teacher_errors"] = errors
+    if errors:
+        lines += ["", "## Where each teacher is wrong (test set, seed 0; class+dist for a token student)", "",
+                  "Does a student take on its teacher's mistakes? Of the test images the teacher gets wrong, the share "
+                  "where the student gives the teacher's wrong class, against an undistilled student (none-s0, or "
+                  "the next seed of none where none-s0 is the teacher).", "",
+                  "| row (teacher) | teacher wrong (% of test) | student top-1 where the teacher is right | "
+                  "student top-1 where it is wrong | student repeats its wrong class | "
+                  "undistilled student repeats it |",
+                  "|---|---|---|---|---|---|"]
+        for key, e in errors.items():
+            beside = (f"{e['undistilled repeats']:.1f} ({e['undistilled run']})"
+                      if "undistilled repeats" in e else "not recorded yet")
+            lines.append(f"| {key} ({teacher_of(study, results, key)}) | {e['teacher wrong']:.1f} | "
+                         f"{e['top1 where teacher right']:.1f} | {e['top1 where teacher wrong']:.1f} | "
+                         f"{e['repeats']:.1f} | {beside} |")
     cosines = {row.key: records[f"{row.key}-s0"]["token_cosine"] for row in study.rows
                if records.get(f"{row.key}-s0", {}).get("token_cosine")}
     results["token_cosine"] = cosines
