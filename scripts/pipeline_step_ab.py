@@ -165,11 +165,10 @@ def run_batch(base: Path, args) -> None:
 
 
 def run_host(base: Path, args) -> None:
-    import copy
     import time
 
-    from deit.bench import count_flops
     from deit.engine.runtime import setup_runtime
+    from deit.flops import train_flops_per_image
     from deit.machine import matmul_peak_tflops
 
     config = student_config(base, "host", 1, "off")
@@ -183,12 +182,7 @@ def run_host(base: Path, args) -> None:
         x, y = data[k % len(data)]
         tr.train_step(x.clone(), y.clone(), 0, 0).total.item()  # timm's Mixup mixes in place
 
-    def nominal() -> None:  # every token through every block, as deit bench counts (the step skips ~6 %)
-        model = copy.deepcopy(tr.model).train()
-        out = model.forward_head(model.forward_features(data[0][0]))
-        out.cls_logits.float().sum().backward()
-
-    flops = count_flops(nominal) / len(data[0][0])  # nominal FLOPs of one image, forward + backward
+    flops = train_flops_per_image(tr.model, data[0][0])  # nominal FLOPs of one image, forward + backward
     tr.task.student = torch.compile(tr.model, dynamic=False)  # what --compile on does (deit.engine.compile)
 
     def seconds(fn, reps: int) -> float:

@@ -33,6 +33,22 @@ def test_pipeline_trains_teacher_none_and_token_and_reuses_them(tmp_path, fmnist
     table = (base / "pipeline.md").read_text()
     assert all(f"| {r['prediction']} | {r['top1']:.2f} |" in table for r in first["rows"])
     assert f"**Gain of the distillation token: {first['gain']:+.2f} points**" in table
+    # Each run's MFU: its images/s x the nominal FLOPs of its step (the token student's with its teacher's forward,
+    # counted on the plain teacher: the fused one hides its convolutions) over the peak measured in this process.
+    from deit.checkpoint import load_checkpoint
+    from deit.flops import forward_flops_per_image, train_flops_per_image
+    from deit.machine import process_matmul_peak_tflops
+
+    x = torch.zeros(2, 1, 40, 40)
+    student = load_checkpoint(base / "token").model
+    teacher_flops = forward_flops_per_image(load_checkpoint(base / "teacher").model.eval(), x)
+    token = runs["token"]
+    assert teacher_flops > 0
+    assert token["flops_per_image"] == pytest.approx(train_flops_per_image(student, x) + teacher_flops)
+    assert token["matmul_peak_tflops"] == process_matmul_peak_tflops(torch.float32, torch.device("cpu"))
+    achieved_tflops = token["images_per_s"] * token["flops_per_image"] / 1e12
+    assert token["mfu"] == pytest.approx(achieved_tflops / token["matmul_peak_tflops"])
+    assert f"| {token['images_per_s']:.0f} | {100 * token['mfu']:.1f} % |" in table
     # The two students differ only in the token and its teacher: same images (canvas, subset), recipe and seed.
     none_run, token_run = (json.loads((base / name / "config.json").read_text()) for name in ("none", "token"))
     none, token = none_run["train"], token_run["train"]

@@ -22,6 +22,7 @@ from torch import nn
 
 from .engine.optim import make_optimizer_fast
 from .engine.precision import autocast, precision_dtype
+from .flops import forward_flops_per_image, train_flops_per_image
 from .losses import DistillationLoss
 from .machine import machine_info, matmul_peak_tflops, measure_peak_memory_mb, sync
 from .models import create_model, model_family
@@ -80,17 +81,6 @@ class Candidate:
     teacher_flops_per_image: float = 0.0  # included in flops_per_image
     teacher_precision: Optional[str] = None
     info: Optional[dict] = None
-
-
-# -------------------------------------------------------------------------------------------- FLOPs
-def count_flops(fn: Callable[[], None]) -> int:
-    """FLOPs of the matmuls, convolutions and attention that `fn` runs (torch.utils.flop_counter)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter:
-        fn()
-    return counter.get_total_flops()
 
 
 # --------------------------------------------------------------------------------------------- timm
@@ -197,17 +187,8 @@ def _loss(cls_logits, dist_logits, y, teacher_logits):
     return criterion(DeiTOutput(cls_logits, cls_logits, dist_logits), y, teacher_logits).total
 
 
-def _eval_forward(model: nn.Module, x):
-    """The model's nominal computation (every token through every block): the FLOPs both sides are scored on."""
-    with torch.no_grad():
-        if hasattr(model, "forward_features"):
-            model.forward_head(model.forward_features(x))
-        else:
-            model(x)
-
-
 def _infer_candidates(base: nn.Module, cfg: BenchConfig, device, x) -> list[Candidate]:
-    flops = count_flops(lambda: _eval_forward(base, x)) / cfg.batch_size
+    flops = forward_flops_per_image(base, x)
     ours = prepare_model_for_inference(copy.deepcopy(base).to(device), cfg.ours_precision, compile=cfg.compile)
     info = {"path": "torch.compile(freezing)" if cfg.compile else type(ours).__name__}
 
@@ -253,14 +234,9 @@ def _train_candidates(base: nn.Module, cfg: BenchConfig, device, x, y) -> list[C
         teacher_plain = create_model(cfg.teacher, in_chans=c.in_chans, num_classes=c.num_classes).to(device)
         teacher_plain.eval().requires_grad_(False)
         teacher = _prepared_teacher(teacher_plain, cfg, x)
-        teacher_flops = count_flops(lambda: _eval_forward(teacher_plain, x)) / cfg.batch_size
+        teacher_flops = forward_flops_per_image(teacher_plain, x)
 
-    def nominal_step():
-        m = copy.deepcopy(base).to(device).train()
-        out = m.forward_head(m.forward_features(x)) if hasattr(m, "forward_features") else m(x)
-        _loss(out.cls_logits, out.dist_logits, y, None).backward()
-
-    flops = count_flops(nominal_step) / cfg.batch_size + teacher_flops
+    flops = train_flops_per_image(base, x) + teacher_flops
 
     def make_step(model, optimizer, dtype, teacher, teacher_dtype, unpack, times):
         def step():

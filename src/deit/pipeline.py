@@ -78,7 +78,7 @@ def table_rows(configs: dict[str, TrainConfig], metrics: dict[str, dict]) -> lis
     for name, config in configs.items():
         m = metrics[name]
         run = dict(run=name, model=config.model, params=m["params"], epochs=m["epochs"],
-                   train_time_s=m["train_time_s"], images_per_s=m["images_per_s"])
+                   train_time_s=m["train_time_s"], images_per_s=m["images_per_s"], mfu=m.get("mfu"))
         if name == "token":
             heads = (("class head", "_cls"), ("distillation head", "_dist"), (f"combined ({config.combine})", ""))
             rows += [{**run, "prediction": f"{LABELS[name]}: {head}", "top1": m[f"top1{key}"], "top5": m[f"top5{key}"]}
@@ -89,12 +89,17 @@ def table_rows(configs: dict[str, TrainConfig], metrics: dict[str, dict]) -> lis
 
 
 def format_table(rows: list[dict[str, Any]], gain: float | None = None) -> str:
-    lines = ["| model | prediction | top-1 % | top-5 % | params | epochs | train time | train im/s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | prediction | top-1 % | top-5 % | params | epochs | train time | train im/s | of matmul peak |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        mfu = f"{100 * r['mfu']:.1f} %" if r.get("mfu") is not None else "–"
         lines.append(f"| {r['model']} | {r['prediction']} | {r['top1']:.2f} | {r['top5']:.2f} | "
                      f"{r['params']:,} | {r['epochs']:.2f} | {r['train_time_s'] / 60:.1f} min | "
-                     f"{r['images_per_s']:.0f} |")
+                     f"{r['images_per_s']:.0f} | {mfu} |")
+    if any(r.get("mfu") is not None for r in rows):
+        lines += ["", "Of matmul peak (MFU): images/s x the nominal FLOPs an image of the run's step (forward and "
+                      "backward, plus the teacher's forward for the token student) / the matmul peak of the run's "
+                      "precision, measured on this machine once per process (at the end of its first run)."]
     if gain is not None:
         lines += ["", f"**Gain of the distillation token: {gain:+.2f} points** (token combined − no distillation). "
                       "It is how many points of test top-1 the convnet teacher adds, through the distillation "

@@ -21,6 +21,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..faults import fault_point
 from ..finetune import apply as apply_finetune, prepare as prepare_finetune
+from ..flops import forward_flops_per_image, train_flops_per_image, training_utilisation
 from ..losses import LossOutput
 from .budget import calibration_steps
 from .budget_control import BudgetControl, estimate_eval_s
@@ -69,6 +70,9 @@ class Trainer:
         self.finetune_info = apply_finetune(self.model, source, c, self.train_data.classes, rt.print)
         self.precision_probe = self._choose_precision(recorded_precision)
         self.teacher, self.teacher_info = self._build_teacher()
+        # nominal FLOPs an image of a step, for the run's MFU: counted on the plain model, before any wrapping
+        sample = torch.zeros(2, self.train_data.in_chans, *self.train_data.img_size, device=rt.device)
+        self.flops_per_image = train_flops_per_image(self.model, sample) + self.teacher_flops
         self.optimizer = build_optimizer(self.model, c)
         self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
         self.ema = None
@@ -161,6 +165,7 @@ class Trainer:
         from ..teacher import load_teacher
 
         c, rt = self.config, self.rt
+        self.teacher_flops = 0.0
         if c.distillation == "none":
             return None, {}
         teacher, info = load_teacher(c.teacher, c.teacher_weights, num_classes=self.train_data.num_classes,
@@ -170,6 +175,9 @@ class Trainer:
 
             rt.print(f"teacher: {describe(info['hub'])}")
         teacher = teacher.to(rt.device)
+        d = self.train_data  # its nominal FLOPs counted before fusion hides its convolutions from the counter
+        self.teacher_flops = forward_flops_per_image(teacher, torch.zeros(2, d.in_chans, *d.img_size,
+                                                                          device=rt.device))
         if rt.amp_dtype != torch.float16:  # the fused inference path (deit.speed) takes fp32 or bf16
             from ..speed import prepare_model_for_inference
 
@@ -445,5 +453,12 @@ class Trainer:
             "images_per_s": float(np.median([r["images_per_s"] for r in log_rows])) if log_rows else 0.0,
             "data_wait_fraction": float(np.median([r["data_wait_fraction"] for r in log_rows])) if log_rows else 0.0,
         })
+        if log_rows:
+            metrics.update(training_utilisation(self.flops_per_image, metrics["images_per_s"],
+                                                self.rt.amp_dtype or torch.float32, self.rt.device, self.rt.world_size))
+            self.rt.print(f"deit train: {metrics['images_per_s']:.0f} im/s (median epoch) x "
+                          f"{metrics['flops_per_image'] / 1e9:.4f} GFLOP an image = {100 * metrics['mfu']:.1f} % of "
+                          f"the {self.rt.precision} matmul peak ({metrics['matmul_peak_tflops']:.3f} TFLOP/s on "
+                          f"{self.rt.device}, measured now)")
         self.writer.finish(metrics)
         return RunResult(self.run_dir, metrics)
