@@ -222,7 +222,7 @@ class StudyRun:
         run_dir = Path(config.output)
         record = {"fingerprint": settings, "command": train_command(config, row.preset), "metrics": result.metrics,
                   "teacher": teacher}
-        if seed == 0 or row.key in self.teaching:  # Table 4 and the token cosine come from seed-0 runs
+        if seed == 0 or row.key in self.teaching:  # Table 4 reads seed 0, and a teaching row's other seeds
             record["predictions"] = encode_predictions(predict_run(run_dir, **self.execution))
         cosine = token_cosine_of_run(run_dir) if seed == 0 else None
         if cosine is not None:

@@ -280,7 +280,7 @@ def render_teacher_choice(study: Study, results: dict) -> list[str]:
                   "| row (teacher) | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
         for key, rates in agreement.items():
             cells = [f"{rates[h]:.3f}" if h in rates else "not recorded yet" for h in heads]
-            if rates.get("undistilled run", "none-s0") != "none-s0":
+            if "undistilled run" in rates:
                 cells[-1] += f" ({rates['undistilled run']})"
             lines.append(f"| {key} ({teacher_of(study, results, key)}) | " + " | ".join(cells) + " |")
     errors = teacher_errors(study, results)
