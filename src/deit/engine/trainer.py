@@ -459,6 +459,6 @@ class Trainer:
             self.rt.print(f"deit train: {metrics['images_per_s']:.0f} im/s (median epoch) x "
                           f"{metrics['flops_per_image'] / 1e9:.4f} GFLOP an image = {100 * metrics['mfu']:.1f} % of "
                           f"the {self.rt.precision} matmul peak ({metrics['matmul_peak_tflops']:.3f} TFLOP/s on "
-                          f"{self.rt.device}, measured now)")
+                          f"{self.rt.device}, measured in this process)")
         self.writer.finish(metrics)
         return RunResult(self.run_dir, metrics)
