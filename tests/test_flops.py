@@ -29,5 +29,7 @@ def test_nominal_flops_match_the_count_by_hand(name, img_size):
     x = torch.zeros(2, 1, img_size, img_size)
     forward, step = by_hand(model)
     assert forward_flops_per_image(model.eval(), x) == forward  # inference: SDPA's CPU kernel, counted all the same
+    state = torch.get_rng_state()
     assert train_flops_per_image(model, x) == step
+    assert torch.equal(torch.get_rng_state(), state)  # stochastic depth's draws: a run's must not change
     assert all(p.grad is None for p in model.parameters())  # counted on a copy

@@ -40,8 +40,9 @@ def forward_flops_per_image(model: nn.Module, x: torch.Tensor) -> float:
 
 def train_flops_per_image(model: nn.Module, x: torch.Tensor) -> float:
     """FLOPs an image of a training step's forward and backward through every head (on a copy in train mode, so
-    the model's gradients and statistics stay as they are). A teacher's forward is not included: add
-    forward_flops_per_image(teacher, x)."""
+    the model's gradients and statistics stay as they are, and with the random state restored after: stochastic
+    depth draws from it, and a run's draws must not depend on being counted). A teacher's forward is not
+    included: add forward_flops_per_image(teacher, x)."""
     student = copy.deepcopy(model).train()
 
     def step() -> None:
@@ -50,7 +51,8 @@ def train_flops_per_image(model: nn.Module, x: torch.Tensor) -> float:
             [t for t in (getattr(out, "cls_logits", None), getattr(out, "dist_logits", None)) if t is not None]
         sum(t.float().sum() for t in logits).backward()
 
-    return count_flops(step) / len(x)
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        return count_flops(step) / len(x)
 
 
 def training_utilisation(flops_per_image: float, images_per_s: float, dtype: torch.dtype, device: torch.device,
