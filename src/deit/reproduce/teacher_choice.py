@@ -219,6 +219,41 @@ def teacher_errors(study: Study, results: dict) -> dict[str, dict[str, Any]]:
     return table
 
 
+def _agreement_lines(study: Study, results: dict) -> list[str]:
+    """Table 4 and where each teacher is wrong (setting results' "disagreement" and "teacher_errors")."""
+    lines: list[str] = []
+    agreement = teacher_agreement(study, results)
+    results["disagreement"] = agreement
+    if agreement:
+        heads = ("class", "dist", "class+dist", "no distillation")
+        lines += ["", "## Table 4: how often each student's teacher disagrees with it (test set, seed 0)", "",
+                  "The undistilled student is none-s0, or the next seed of none where none-s0 is the teacher.", "",
+                  "| row (teacher) | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
+        for key, rates in agreement.items():
+            cells = [f"{rates[h]:.3f}" if h in rates else "not recorded yet" for h in heads]
+            if "undistilled run" in rates:
+                cells[-1] += f" ({rates['undistilled run']})"
+            lines.append(f"| {key} ({teacher_of(study, results, key)}) | " + " | ".join(cells) + " |")
+    errors = teacher_errors(study, results)
+    results["teacher_errors"] = errors
+    if errors:
+        lines += ["", "## Where each teacher is wrong (test set, seed 0; class+dist for a token student)", "",
+                  "Does a student take on its teacher's mistakes? Of the test images the teacher gets wrong, the share "
+                  "where the student gives the teacher's wrong class, against an undistilled student (none-s0, or "
+                  "the next seed of none where none-s0 is the teacher).", "",
+                  "| row (teacher) | teacher wrong (% of test) | student top-1 where the teacher is right | "
+                  "student top-1 where it is wrong | student repeats its wrong class | "
+                  "undistilled student repeats it |",
+                  "|---|---|---|---|---|---|"]
+        for key, e in errors.items():
+            beside = (f"{e['undistilled repeats']:.1f} ({e['undistilled run']})"
+                      if "undistilled repeats" in e else "not recorded yet")
+            lines.append(f"| {key} ({teacher_of(study, results, key)}) | {e['teacher wrong']:.1f} | "
+                         f"{e['top1 where teacher right']:.1f} | {e['top1 where teacher wrong']:.1f} | "
+                         f"{e['repeats']:.1f} | {beside} |")
+    return lines
+
+
 def render_teacher_choice(study: Study, results: dict) -> list[str]:
     """The study's sections after its title, description and Table 3 (tables.render_tables)."""
     from .tables import _mean_std
@@ -271,35 +306,7 @@ def render_teacher_choice(study: Study, results: dict) -> list[str]:
         lines.append(f"| {label} | {per_seed} | {d.mean:+.2f} | {interval} | "
                      f"{('yes' if d.excludes_zero else 'no') if d.low is not None else ''} |")
     lines += ["", verdict(study, results, measured[0][1] if measured else None)]
-    agreement = teacher_agreement(study, results)
-    results["disagreement"] = agreement
-    if agreement:
-        heads = ("class", "dist", "class+dist", "no distillation")
-        lines += ["", "## Table 4: how often each student's teacher disagrees with it (test set, seed 0)", "",
-                  "The undistilled student is none-s0, or the next seed of none where none-s0 is the teacher.", "",
-                  "| row (teacher) | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
-        for key, rates in agreement.items():
-            cells = [f"{rates[h]:.3f}" if h in rates else "not recorded yet" for h in heads]
-            if "undistilled run" in rates:
-                cells[-1] += f" ({rates['undistilled run']})"
-            lines.append(f"| {key} ({teacher_of(study, results, key)}) | " + " | ".join(cells) + " |")
-    errors = teacher_errors(study, results)
-    results["teacher_errors"] = errors
-    if errors:
-        lines += ["", "## Where each teacher is wrong (test set, seed 0; class+dist for a token student)", "",
-                  "Does a student take on its teacher's mistakes? Of the test images the teacher gets wrong, the share "
-                  "where the student gives the teacher's wrong class, against an undistilled student (none-s0, or "
-                  "the next seed of none where none-s0 is the teacher).", "",
-                  "| row (teacher) | teacher wrong (% of test) | student top-1 where the teacher is right | "
-                  "student top-1 where it is wrong | student repeats its wrong class | "
-                  "undistilled student repeats it |",
-                  "|---|---|---|---|---|---|"]
-        for key, e in errors.items():
-            beside = (f"{e['undistilled repeats']:.1f} ({e['undistilled run']})"
-                      if "undistilled repeats" in e else "not recorded yet")
-            lines.append(f"| {key} ({teacher_of(study, results, key)}) | {e['teacher wrong']:.1f} | "
-                         f"{e['top1 where teacher right']:.1f} | {e['top1 where teacher wrong']:.1f} | "
-                         f"{e['repeats']:.1f} | {beside} |")
+    lines += _agreement_lines(study, results)
     cosines = {row.key: records[f"{row.key}-s0"]["token_cosine"] for row in study.rows
                if records.get(f"{row.key}-s0", {}).get("token_cosine")}
     results["token_cosine"] = cosines
